@@ -1,0 +1,47 @@
+# The study's entry points. Each target creates .venv on first use (Python 3.11 + make are enough).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(abspath $(VENV))/bin
+KERNEL := claimsutil
+# DVC must not phone home; the machines this runs on may have no internet.
+export DVC_NO_ANALYTICS := 1
+export PATH := $(BIN):$(PATH)
+
+.PHONY: study test lab bench lint venv clean-venv
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name 'Python (claimsutil)'
+	touch $@
+
+## make study [PROFILE=demo|tiny|paper]: run every stage of the study through `dvc repro`
+study: venv
+ifdef PROFILE
+	$(BIN)/python -m claimsutil.config use $(PROFILE)
+endif
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
+## make test: the unit tests and the tiny-profile pipeline test
+test: venv
+	$(BIN)/python -m pytest
+
+## make lab: JupyterLab on notebooks/ with the project's kernel
+lab: venv
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+## make bench: the benchmarks (figures printed, not asserted)
+bench: venv
+	$(BIN)/python -m claimsutil.bench synth
+
+lint: venv
+	$(BIN)/ruff check claimsutil tests notebooks
+	$(BIN)/ruff format --check claimsutil tests
+
+clean-venv:
+	rm -rf $(VENV)
