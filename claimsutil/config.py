@@ -128,9 +128,7 @@ def _build(cls: type, section: str, raw: Any) -> Any:
                 raise ParamsError(f"{PARAMS_FILE}: {section}.{name} = {value!r} must be a list")
             value = tuple(value)
         elif isinstance(default, bool | int | str) and not isinstance(value, type(default)):
-            raise ParamsError(
-                f"{PARAMS_FILE}: {section}.{name} = {value!r} must be of type {type(default).__name__}"
-            )
+            raise ParamsError(f"{PARAMS_FILE}: {section}.{name} = {value!r} must be of type {type(default).__name__}")
         kwargs[name] = value
     return cls(**kwargs)
 

@@ -141,7 +141,11 @@ def _write_shard(params: SynthParams, shard: int, blocks, out_dir: str, truth_di
         for block, first, n in blocks:
             out = BlockSimulator(world, conds, acutes, block, n).run(first_subject_id=first + 1)
             subjects, hazards = _truth_tables(world, out)
-            for key, table in (("events", _events_table(world, out)), ("subjects", subjects), ("hazards", hazards)):
+            for key, table in (
+                ("events", _events_table(world, out)),
+                ("subjects", subjects),
+                ("hazards", hazards),
+            ):
                 if key not in writers:
                     writers[key] = pq.ParquetWriter(paths[key], table.schema, compression="zstd")
                 writers[key].write_table(table)
@@ -220,8 +224,11 @@ def _code_metadata(world: World) -> pa.Table:
             desc.append(_STATIC_DESCRIPTIONS.get(code) or f"Hospital {value} (the patient's hospital)")
             parents.append(None)
     return pa.table(
-        {"code": pa.array(world.codes, pa.string()), "description": pa.array(desc, pa.string()),
-         "parent_codes": pa.array(parents, pa.list_(pa.string()))}  # fmt: skip
+        {
+            "code": pa.array(world.codes, pa.string()),
+            "description": pa.array(desc, pa.string()),
+            "parent_codes": pa.array(parents, pa.list_(pa.string())),
+        }  # fmt: skip
     )
 
 

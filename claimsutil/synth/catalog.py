@@ -42,7 +42,12 @@ def drugs() -> dict[str, Drug]:
     rows = csv.DictReader(text.splitlines())
     return {
         r["ingredient"]: Drug(
-            r["ingredient"], r["yj_ingredient_prefix"], r["yj_example_code"], r["display_ja"], r["atc"], r["group"]
+            r["ingredient"],
+            r["yj_ingredient_prefix"],
+            r["yj_example_code"],
+            r["display_ja"],
+            r["atc"],
+            r["group"],
         )
         for r in rows
     }
@@ -333,7 +338,10 @@ class Acute:
 _NSAID = DrugChoice(("loxoprofen", "celecoxib", "acetaminophen"), (1.6, 0.5, 1.0), 0.7)
 _GASTRO_GUARD = DrugChoice(("rebamipide",), (1.0,), 0.5, habit="rebamipide")
 _ANTIBIOTIC = DrugChoice(
-    ("amoxicillin", "cefcapene", "clarithromycin", "levofloxacin"), (1.0, 1.2, 1.0, 0.7), 0.35, habit="antibiotics"
+    ("amoxicillin", "cefcapene", "clarithromycin", "levofloxacin"),
+    (1.0, 1.2, 1.0, 0.7),
+    0.35,
+    habit="antibiotics",
 )
 
 ACUTES: tuple[Acute, ...] = (

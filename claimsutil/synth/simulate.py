@@ -118,8 +118,12 @@ class _Events:
 
     def collect(self) -> dict[str, np.ndarray]:
         cols = [np.concatenate(c) for c in zip(*self.parts, strict=True)]
-        pid, day, code, value, flag, reason = cols
-        order = np.lexsort((code, day, pid))
+        pid, day, code = cols[:3]
+        # One int64 sort key (patient, day, code) sorts several times faster than a 3-key lexsort.
+        # Bits: patient (< 2**27) | day + 2**17 (0 for static rows; days after 1611 fit in 18 bits) | code (16).
+        day_key = np.where(day == NULL_DAY, 0, day.astype(np.int64) + (1 << 17))
+        key = (pid.astype(np.int64) << 34) | (day_key << 16) | code.astype(np.int64)
+        order = np.argsort(key, kind="stable")
         pid, day, code, value, flag, reason = (c[order] for c in cols)
         # One line per code per receipt: an acute prescription of a drug already on the chronic list,
         # or two episodes prescribing the same drug, is a single claim line.

