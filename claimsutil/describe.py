@@ -94,14 +94,16 @@ def _scan(path: Path) -> pl.LazyFrame:
     """One shard, with a non-null boolean `suspected` (False where the certainty column is absent)."""
     lf = pl.scan_parquet(path, hive_partitioning=False)
     columns = lf.collect_schema().names()
-    missing = [c for c in ("subject_id", "time", "code", "text_value") if c not in columns]
+    missing = [c for c in ("subject_id", "time", "code") if c not in columns]
     if missing:
         raise ValueError(f"{path}: MEDS column(s) {missing} missing (found {columns})")
+    # text_value is optional in MEDS; only COVERAGE/END reasons are read from it.
+    text_value = pl.col("text_value") if "text_value" in columns else pl.lit(None, pl.String).alias("text_value")
     if CERTAINTY_COLUMN in columns:
         suspected = (pl.col(CERTAINTY_COLUMN) == SUSPECTED).fill_null(False)
     else:
         suspected = pl.lit(False)
-    return lf.select("subject_id", "time", "code", "text_value", suspected.alias("suspected"))
+    return lf.select("subject_id", "time", "code", text_value, suspected.alias("suspected"))
 
 
 def _per_shard(root: str | Path, shard_fn: Callable[[pl.LazyFrame], pl.LazyFrame]) -> pl.DataFrame:
@@ -457,6 +459,67 @@ def condition_prevalence(
         )
         .select("condition", "age_band", "sex", "patients", pl.col("cases").cast(pl.Int64), "prevalence")
     )
+
+
+# The reference study's outcomes, as code prefixes (ICD-10 I10 and N18; YJ ingredient prefixes).
+REFERENCE_OUTCOMES: dict[str, tuple[str, ...]] = {
+    "hypertension_I10": ("ICD10/I10",),
+    "ckd_N18": ("ICD10/N18",),
+    "amlodipine": ("YJ/2171022",),
+    "pregabalin": ("YJ/1190017",),
+}
+
+
+def _shard_incidence(
+    lf: pl.LazyFrame, outcomes: Mapping[str, Sequence[str]], year: int, end_of_data: dt.datetime
+) -> pl.LazyFrame:
+    """Per outcome: adults (20+ on 1 January) covered without a break from 1 January of YEAR-1 to the end
+    of YEAR, with no confirmed record before YEAR (at_risk), and those with a first one in YEAR (cases)."""
+    y0, y1 = dt.datetime(year, 1, 1), dt.datetime(year + 1, 1, 1)
+    periods = _coverage_periods(lf, end_of_data)
+    covered = periods.filter((pl.col("start") <= dt.datetime(year - 1, 1, 1)) & (pl.col("end") >= y1))
+    birth = lf.filter(pl.col("code") == BIRTH_CODE).group_by("subject_id").agg(birth=pl.col("time").min())
+    adults = (
+        covered.select("subject_id")
+        .unique()
+        .join(birth, on="subject_id")
+        .filter(_age_on(y0.date(), pl.col("birth")) >= 20)
+    )
+    confirmed = lf.filter(~pl.col("suspected") & pl.col("time").is_not_null())
+    firsts = confirmed.group_by("subject_id").agg(
+        *(pl.col("time").filter(_starts_with_any(p)).min().alias(name) for name, p in outcomes.items())
+    )
+    people = adults.join(firsts, on="subject_id", how="left")
+    return people.select(
+        *(
+            expr
+            for name in outcomes
+            for expr in (
+                (pl.col(name).is_null() | (pl.col(name) >= y0)).sum().cast(pl.Int64).alias(f"{name}:at_risk"),
+                pl.col(name).is_between(y0, y1, closed="left").sum().cast(pl.Int64).alias(f"{name}:cases"),
+            )
+        )
+    )
+
+
+def one_year_incidence(
+    root: str | Path, outcomes: Mapping[str, Sequence[str]] = REFERENCE_OUTCOMES, years: Sequence[int] = ()
+) -> pl.DataFrame:
+    """One-year incidence of a first confirmed record, pooled over YEARS (default: the last three full years
+    that have a full year of coverage before them): outcome, at_risk, cases, incidence."""
+    end_of_data = data_end(root)
+    years = list(years) or [last_full_year(root) - i for i in range(3)]
+    parts = [_per_shard(root, lambda lf, y=y: _shard_incidence(lf, outcomes, y, end_of_data)) for y in years]
+    totals = pl.concat(parts).sum()
+    rows = [
+        {"outcome": name, "at_risk": totals[f"{name}:at_risk"].item(), "cases": totals[f"{name}:cases"].item()}
+        for name in outcomes
+    ]
+    table = pl.DataFrame(rows, schema={"outcome": pl.String, "at_risk": pl.Int64, "cases": pl.Int64})
+    return table.with_columns(incidence=pl.when(pl.col("at_risk") > 0).then(pl.col("cases") / pl.col("at_risk")))
+
+
+INCIDENCE_DERIVED = {"incidence": ("cases", "at_risk")}
 
 
 def prevalence_by_band(prevalence: pl.DataFrame, sex: str = ALL) -> pl.DataFrame:

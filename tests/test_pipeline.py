@@ -1,0 +1,104 @@
+"""The whole pipeline through `dvc repro` on the tiny profile, in a temporary copy of the project."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from claimsutil.config import use_profile
+from claimsutil.meds import validate_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.pipeline
+
+
+def _project_files() -> list[str]:
+    """Tracked files plus new ones git does not ignore: what a fresh clone of this work tree holds."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [f for f in out.split("\0") if f and (ROOT / f).is_file()]
+
+
+def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    run = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, f"{' '.join(cmd)} failed:\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProcess]:
+    copy = tmp_path_factory.mktemp("study")
+    for name in _project_files():
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, copy / name)
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["CLAIMSUTIL_ROOT"] = str(copy)  # the notebooks must resolve paths inside the copy
+    env["DVC_NO_ANALYTICS"] = "1"
+    _run(["git", "init", "-q"], copy, env)
+    use_profile("tiny", copy)
+    first = _run([sys.executable, "-m", "dvc", "repro"], copy, env)
+    return copy, env, first
+
+
+def test_repro_builds_every_output(tiny_study):
+    copy, _, first = tiny_study
+    assert "Running stage 'synthesize'" in first.stdout and "Running stage 'describe'" in first.stdout
+    report = validate_dataset(copy / "data" / "meds")
+    assert report.ok and report.n_subjects == 1200
+    summary = json.loads((copy / "data" / "metrics" / "synthesize.json").read_text())
+    assert summary["source"] == "synthetic" and summary["patients"] == 1200 and summary["events"] == report.n_rows
+    assert (copy / "data" / "meds_truth" / "generator.json").is_file()
+    assert (copy / "reports" / "00_data.html").stat().st_size > 50_000
+    data = json.loads((copy / "reports" / "data" / "metrics.json").read_text())
+    assert data["patients"] == 1200 and data["events"] == report.n_rows
+    assert list((copy / "reports" / "data" / "figures").glob("*.png"))
+    assert list((copy / "reports" / "data" / "tables").glob("*.md"))
+
+
+def test_second_repro_does_nothing(tiny_study):
+    copy, env, _ = tiny_study
+    again = _run([sys.executable, "-m", "dvc", "repro"], copy, env)
+    assert "Running stage" not in again.stdout
+    metrics = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], copy, env)
+    shown = json.loads(metrics.stdout)
+    files = {f for workspace in shown.values() for f in workspace["data"]}
+    assert {"data/metrics/synthesize.json", "reports/data/metrics.json"} <= files
+
+
+def test_user_meds_source_goes_through_the_same_path(tiny_study, tmp_path):
+    """data.source = a directory: validated and imported instead of generated; broken data stops the stage."""
+    copy, env, _ = tiny_study
+    user = tmp_path / "my_meds"
+    shutil.copytree(copy / "data" / "meds", user)
+    params = copy / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(original.replace("source: synthetic", f"source: {user}"))
+        run = _run([sys.executable, "-m", "dvc", "repro", "synthesize"], copy, env)
+        assert "imported" in run.stdout
+        summary = json.loads((copy / "data" / "metrics" / "synthesize.json").read_text())
+        assert summary["source"] == str(user) and summary["patients"] == 1200
+        (user / "data" / "shard-00000.parquet").write_bytes(b"not parquet")
+        broken = subprocess.run(
+            [sys.executable, "-m", "dvc", "repro", "-f", "synthesize"],
+            cwd=copy,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert broken.returncode != 0
+        assert "shard-00000.parquet" in broken.stdout + broken.stderr
+    finally:
+        params.write_text(original)
