@@ -95,11 +95,74 @@ class DescribeParams:
 
 
 @dataclass(frozen=True)
+class CohortParams:
+    seed: int = 17  # index dates, splits and label-budget samples
+    min_prior_days: int = 365  # coverage required before the index date (task default)
+    horizon_days: int = 365  # outcome window after the index date (task default)
+    split: dict = dataclasses.field(default_factory=lambda: {"train": 0.70, "validation": 0.15, "test": 0.15})
+    held_out_hospitals: int = 4  # whole hospitals kept out of every split (transfer experiments)
+    budgets: tuple[int, ...] = (100, 500, 1000)  # labelled patients per balanced sample
+    budget_seeds: int = 3  # samples per budget
+    min_positives: int = 10  # fewer positives than this in any split stops the cohort stage
+
+    def __post_init__(self) -> None:
+        _require(set(self.split) == {"train", "validation", "test"}, "cohort.split", self.split,
+                 "must have exactly the keys train, validation, test")  # fmt: skip
+        _require(abs(sum(self.split.values()) - 1.0) < 1e-9 and min(self.split.values()) > 0, "cohort.split",
+                 self.split, "fractions must be positive and sum to 1")  # fmt: skip
+        _require(all(b >= 2 and b % 2 == 0 for b in self.budgets), "cohort.budgets", self.budgets,
+                 "must be even numbers (sampled 1:1 positive:negative)")  # fmt: skip
+        _require(self.budget_seeds >= 1, "cohort.budget_seeds", self.budget_seeds, "must be >= 1")
+        _require(self.held_out_hospitals >= 0, "cohort.held_out_hospitals", self.held_out_hospitals, "must be >= 0")
+        _require(self.horizon_days >= 1, "cohort.horizon_days", self.horizon_days, "must be >= 1")
+        _require(self.min_prior_days >= 0, "cohort.min_prior_days", self.min_prior_days, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A one-year (by default) binary prediction task, declared in params.yaml under `tasks`."""
+
+    name: str
+    outcome: tuple[str, ...]  # code prefixes of the outcome, e.g. ("ICD10/I10",)
+    horizon_days: int  # outcome window [index, index + horizon)
+    min_prior_days: int  # coverage required before the index date
+    suspected: str = "exclude"  # "exclude": only confirmed diagnoses are outcomes; "include": suspected too
+    washout_suspected: bool = False  # a suspected-only record before the index also excludes the patient
+    oracle: str | None = None  # ground-truth column of the synthetic data giving its monthly probability
+
+    def __post_init__(self) -> None:
+        key = f"tasks.{self.name}"
+        _require(bool(self.outcome) and all(isinstance(c, str) and c for c in self.outcome), f"{key}.outcome",
+                 self.outcome, "must be a non-empty list of code prefixes")  # fmt: skip
+        _require(self.suspected in ("exclude", "include"), f"{key}.suspected", self.suspected,
+                 "must be 'exclude' or 'include'")  # fmt: skip
+        _require(self.horizon_days >= 1, f"{key}.horizon_days", self.horizon_days, "must be >= 1")
+        _require(self.min_prior_days >= 0, f"{key}.min_prior_days", self.min_prior_days, "must be >= 0")
+
+
+# Ground-truth columns of the built-in generator for the reference tasks (used when a task names none).
+DEFAULT_ORACLES = {
+    "hypertension": "record_hazard_hypertension",
+    "ckd": "record_hazard_ckd",
+    "amlodipine": "rx_hazard_amlodipine",
+    "pregabalin": "rx_hazard_pregabalin",
+}
+
+
+@dataclass(frozen=True)
 class StudyParams:
     profile: str
     data: DataParams
     synth: SynthParams
     describe: DescribeParams
+    cohort: CohortParams = dataclasses.field(default_factory=lambda: CohortParams())
+    tasks: tuple[TaskSpec, ...] = ()
+
+    def task(self, name: str) -> TaskSpec:
+        for spec in self.tasks:
+            if spec.name == name:
+                return spec
+        raise ParamsError(f"{PARAMS_FILE}: no task '{name}' under `tasks` (have {[t.name for t in self.tasks]})")
 
 
 class ParamsError(ValueError):
@@ -123,7 +186,12 @@ def _build(cls: type, section: str, raw: Any) -> Any:
     kwargs = {}
     for name, value in raw.items():
         default = fields[name].default
-        if isinstance(default, tuple):
+        if fields[name].default_factory is not dataclasses.MISSING:
+            default = fields[name].default_factory()
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ParamsError(f"{PARAMS_FILE}: {section}.{name} = {value!r} must be a mapping")
+        elif isinstance(default, tuple):
             if not isinstance(value, list | tuple):
                 raise ParamsError(f"{PARAMS_FILE}: {section}.{name} = {value!r} must be a list")
             value = tuple(value)
@@ -138,12 +206,43 @@ def load_params(path: str | Path | None = None) -> StudyParams:
     path = Path(path) if path is not None else root_path(PARAMS_FILE)
     with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f) or {}
+    cohort = _build(CohortParams, "cohort", raw.get("cohort"))
     return StudyParams(
         profile=str(raw.get("profile", "custom")),
         data=_build(DataParams, "data", raw.get("data")),
         synth=_build(SynthParams, "synth", raw.get("synth")),
         describe=_build(DescribeParams, "describe", raw.get("describe")),
+        cohort=cohort,
+        tasks=_tasks(raw.get("tasks"), cohort),
     )
+
+
+def _tasks(raw: Any, cohort: CohortParams) -> tuple[TaskSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{PARAMS_FILE}: tasks must be a mapping of task name -> settings, got {raw!r}")
+    allowed = {"outcome", "horizon_days", "min_prior_days", "suspected", "washout_suspected", "oracle"}
+    specs = []
+    for name, body in raw.items():
+        if not isinstance(body, dict) or "outcome" not in body:
+            raise ParamsError(f"{PARAMS_FILE}: tasks.{name} needs an `outcome` list of code prefixes, got {body!r}")
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise ParamsError(f"{PARAMS_FILE}: unknown key(s) {unknown} in tasks.{name} (allowed: {sorted(allowed)})")
+        outcome = body["outcome"]
+        specs.append(
+            TaskSpec(
+                name=str(name),
+                outcome=tuple(outcome) if isinstance(outcome, list | tuple) else (outcome,),
+                horizon_days=int(body.get("horizon_days", cohort.horizon_days)),
+                min_prior_days=int(body.get("min_prior_days", cohort.min_prior_days)),
+                suspected=str(body.get("suspected", "exclude")),
+                washout_suspected=bool(body.get("washout_suspected", False)),
+                oracle=body.get("oracle", DEFAULT_ORACLES.get(str(name))),
+            )
+        )
+    return tuple(specs)
 
 
 def profile_names(root: Path | None = None) -> list[str]:
@@ -179,7 +278,10 @@ def use_profile(name: str, root: Path | None = None) -> list[str]:
             else:
                 if target.get(key) != value:
                     changed.append(dotted)
-                target[key] = value
+                if isinstance(value, list) and isinstance(target.get(key), list):
+                    target[key][:] = value  # in place: keeps the list's flow style and its comment
+                else:
+                    target[key] = value
 
     merge(doc, overlay, "")
     with open(params_path, "w", encoding="utf-8") as f:

@@ -22,7 +22,7 @@ import papermill
 import polars as pl
 import pytest
 
-from claimsutil import describe
+from claimsutil import describe, report
 from claimsutil.config import project_root
 from claimsutil.meds import CERTAINTY_COLUMN, CODES_FILE, SPLITS_FILE
 
@@ -349,7 +349,7 @@ def test_suspected(meds_root: Path, bare_root: Path) -> None:
 
 def test_suppress_small(meds_root: Path) -> None:
     profile = describe.hospital_profile(meds_root)
-    shown = describe.suppress_small(profile, min_cell=3, derived=describe.HOSPITAL_DERIVED)
+    shown = report.suppress_small(profile, min_cell=3, derived=describe.HOSPITAL_DERIVED)
     h01, h02, _ = shown.iter_rows(named=True)
     assert (h01["patients"], h01["receipts"], h01["first_ccb"], h01["antihypertensive_starters"]) == (
         "<3",
@@ -360,12 +360,12 @@ def test_suppress_small(meds_root: Path) -> None:
     assert h01["ccb_share"] is None and h01["suspected_share"] == pytest.approx(1 / 3)
     assert h02["patients"] == "3" and h02["ccb_share"] is None and h02["suspected_share"] is None
     assert h02["person_years"] == profile["person_years"][1]  # floats are not counts
-    default = describe.suppress_small(describe.codes_by_family(meds_root), keep=["codes"])
+    default = report.suppress_small(describe.codes_by_family(meds_root), keep=["codes"])
     assert default.row(0) == ("ICD10", 8, "18", "<10")
     with pytest.raises(ValueError, match="subject ids"):
-        describe.suppress_small(pl.DataFrame({"subject_id": [1]}))
+        report.suppress_small(pl.DataFrame({"subject_id": [1]}))
     with pytest.raises(ValueError, match="not count columns"):
-        describe.suppress_small(profile, derived={"ccb_share": ["hospital"]})
+        report.suppress_small(profile, derived={"ccb_share": ["hospital"]})
     table = describe.summary_table({"shards": 2, "deaths": 1, "patients": 12, "share": 0.25, "day": "2024-01-01"})
     assert table.rows() == [
         ("shards", "2"),
@@ -377,8 +377,8 @@ def test_suppress_small(meds_root: Path) -> None:
 
 
 def test_write_table_figures_and_metrics(meds_root: Path, tmp_path: Path) -> None:
-    table = describe.suppress_small(describe.codes_by_family(meds_root), keep=["codes"])
-    describe.write_table(table, tmp_path / "tables" / "codes")
+    table = report.suppress_small(describe.codes_by_family(meds_root), keep=["codes"])
+    report.write_table(table, tmp_path / "tables" / "codes")
     assert pl.read_csv(tmp_path / "tables" / "codes.csv", infer_schema=False)["events"].to_list()[:2] == [
         "18",
         "12",
@@ -387,7 +387,7 @@ def test_write_table_figures_and_metrics(meds_root: Path, tmp_path: Path) -> Non
     assert markdown[0] == "| family | codes | events | patients |"
     assert markdown[2] == "| ICD10 | 8 | 18 | <10 |"
     with pytest.raises(ValueError, match="subject ids"):
-        describe.write_table(pl.DataFrame({"subject_id": [1]}), tmp_path / "ids")
+        report.write_table(pl.DataFrame({"subject_id": [1]}), tmp_path / "ids")
     figures = [
         describe.plot_prevalence(describe.condition_prevalence(meds_root)),
         describe.plot_hospital_profile(describe.hospital_profile(meds_root), min_cell=1),
@@ -395,10 +395,10 @@ def test_write_table_figures_and_metrics(meds_root: Path, tmp_path: Path) -> Non
         describe.plot_coverage_years(describe.coverage_years(meds_root), min_cell=1),
     ]
     for index, figure in enumerate(figures):
-        png, svg = describe.save_figure(figure, tmp_path / "figures" / f"f{index}")
+        png, svg = report.save_figure(figure, tmp_path / "figures" / f"f{index}")
         assert png.stat().st_size > 0 and svg.read_text(encoding="utf-8").lstrip().startswith("<?xml")
     fresh = describe.plot_prevalence(describe.condition_prevalence(meds_root))
-    again = describe.save_figure(fresh, tmp_path / "figures" / "again")
+    again = report.save_figure(fresh, tmp_path / "figures" / "again")
     assert again[1].read_bytes() == (tmp_path / "figures" / "f0.svg").read_bytes()  # reproducible bytes
 
 

@@ -56,13 +56,13 @@ def test_repro_builds_every_output(tiny_study):
     copy, _, first = tiny_study
     assert "Running stage 'synthesize'" in first.stdout and "Running stage 'describe'" in first.stdout
     report = validate_dataset(copy / "data" / "meds")
-    assert report.ok and report.n_subjects == 1200
+    assert report.ok and report.n_subjects == 3000
     summary = json.loads((copy / "data" / "metrics" / "synthesize.json").read_text())
-    assert summary["source"] == "synthetic" and summary["patients"] == 1200 and summary["events"] == report.n_rows
+    assert summary["source"] == "synthetic" and summary["patients"] == 3000 and summary["events"] == report.n_rows
     assert (copy / "data" / "meds_truth" / "generator.json").is_file()
     assert (copy / "reports" / "00_data.html").stat().st_size > 50_000
     data = json.loads((copy / "reports" / "data" / "metrics.json").read_text())
-    assert data["patients"] == 1200 and data["events"] == report.n_rows
+    assert data["patients"] == 3000 and data["events"] == report.n_rows
     assert list((copy / "reports" / "data" / "figures").glob("*.png"))
     assert list((copy / "reports" / "data" / "tables").glob("*.md"))
 
@@ -89,7 +89,7 @@ def test_user_meds_source_goes_through_the_same_path(tiny_study, tmp_path):
         run = _run([sys.executable, "-m", "dvc", "repro", "synthesize"], copy, env)
         assert "imported" in run.stdout
         summary = json.loads((copy / "data" / "metrics" / "synthesize.json").read_text())
-        assert summary["source"] == str(user) and summary["patients"] == 1200
+        assert summary["source"] == str(user) and summary["patients"] == 3000
         (user / "data" / "shard-00000.parquet").write_bytes(b"not parquet")
         broken = subprocess.run(
             [sys.executable, "-m", "dvc", "repro", "-f", "synthesize"],

@@ -1,0 +1,350 @@
+"""Task definitions -> labels, patient-level splits, label budgets, Table 2 and the oracle ceiling.
+
+A task (params.yaml `tasks`) predicts, at an index date, whether a first outcome record occurs within the
+horizon. Per patient and task:
+
+1. Candidate index dates are the patient's receipts (distinct times of clinical events) with at least
+   `min_prior_days` of continuous coverage before them, and a whole horizon before the end of the data.
+   None -> excluded, "insufficient_observation".
+2. Washout: candidates after an outcome record (confirmed, plus suspected-only ones when
+   `washout_suspected`) are dropped. None left -> excluded, "prior_outcome".
+3. One candidate is drawn at random, seeded per (seed, task, patient): the same patient gets the same
+   index whatever the sharding. The prediction time is one microsecond before that receipt, so the MEDS
+   rule "data up to and including prediction_time" means strictly before the index receipt.
+4. Label: an outcome record in [index, index + horizon). No outcome and coverage ending (insurance change,
+   death) before the horizon ends -> excluded, "censored".
+
+Coverage comes from COVERAGE/START and COVERAGE/END events; a subject without them (a user's data) is
+taken as covered from the first to the day after the last of their clinical events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from claimsutil.config import CohortParams, TaskSpec
+from claimsutil.meds import CERTAINTY_COLUMN, COVERAGE_END, COVERAGE_START, SUSPECTED, shard_paths
+
+NON_CLINICAL = ("MEDS_BIRTH", "MEDS_DEATH", COVERAGE_START, COVERAGE_END)
+EXCLUSIONS = ("insufficient_observation", "prior_outcome", "censored")
+SPLITS = ("train", "validation", "test", "held_out_hospital")
+ONE_US = dt.timedelta(microseconds=1)
+
+
+class CohortError(ValueError):
+    """A task cannot be built: no outcome in the data, or too few positives in a split."""
+
+
+def uniform_hash(ids: np.ndarray, *key: int) -> np.ndarray:
+    """A uniform [0, 1) number per id, fixed by (key, id): splitmix64, so no sharding or order changes it."""
+    x = ids.astype(np.uint64)
+    for k in key:
+        x = x ^ np.uint64(k & 0xFFFFFFFFFFFFFFFF)
+        with np.errstate(over="ignore"):
+            x = x + np.uint64(0x9E3779B97F4A7C15)
+            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def task_key(name: str) -> int:
+    return zlib.crc32(name.encode("utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def _scan(path: Path) -> pl.LazyFrame:
+    lf = pl.scan_parquet(path)
+    names = lf.collect_schema().names()
+    suspected = (pl.col(CERTAINTY_COLUMN) == SUSPECTED).fill_null(False) if CERTAINTY_COLUMN in names else pl.lit(False)
+    return lf.select("subject_id", "time", "code", suspected.alias("suspected"))
+
+
+def data_end(root: str | Path) -> dt.datetime:
+    """The end of the data: the latest COVERAGE/END, or the day after the latest event if there are none."""
+    ends, events = [], []
+    for path in shard_paths(root):
+        lf = pl.scan_parquet(path).select("time", "code")
+        ends.append(lf.filter(pl.col("code") == COVERAGE_END).select(pl.col("time").max()).collect().item())
+        events.append(lf.select(pl.col("time").max()).collect().item())
+    if any(e is not None for e in ends):
+        return max(e for e in ends if e is not None)
+    return max(e for e in events if e is not None) + dt.timedelta(days=1)
+
+
+def _periods(lf: pl.LazyFrame, receipts: pl.LazyFrame) -> pl.LazyFrame:
+    """Coverage periods (subject_id, start, end): the k-th START with the k-th END; subjects without any
+    coverage events are covered from their first to the day after their last clinical event."""
+    cov = lf.filter(pl.col("code").is_in([COVERAGE_START, COVERAGE_END]) & pl.col("time").is_not_null())
+    cov = cov.sort("subject_id", "time").with_columns(k=pl.int_range(pl.len()).over("subject_id", "code"))
+    starts = cov.filter(pl.col("code") == COVERAGE_START).select("subject_id", "k", start="time")
+    ends = cov.filter(pl.col("code") == COVERAGE_END).select("subject_id", "k", end="time")
+    periods = starts.join(ends, on=["subject_id", "k"], how="inner").select("subject_id", "start", "end")
+    implied = (
+        receipts.group_by("subject_id")
+        .agg(start=pl.col("time").min(), end=pl.col("time").max() + dt.timedelta(days=1))
+        .join(cov.select("subject_id").unique(), on="subject_id", how="anti")
+    )
+    return pl.concat([periods, implied]).sort("subject_id", "start")
+
+
+def _receipts(lf: pl.LazyFrame) -> pl.LazyFrame:
+    clinical = lf.filter(pl.col("time").is_not_null() & ~pl.col("code").is_in(NON_CLINICAL))
+    return clinical.select("subject_id", "time").unique().sort("subject_id", "time")
+
+
+def _first_outcomes(lf: pl.LazyFrame, spec: TaskSpec) -> pl.LazyFrame:
+    """Per subject: first outcome record (as the task counts them) and first record of any certainty."""
+    hit = pl.any_horizontal([pl.col("code").str.starts_with(p) for p in spec.outcome]) & pl.col("time").is_not_null()
+    counts = pl.lit(True) if spec.suspected == "include" else ~pl.col("suspected")
+    return (
+        lf.filter(hit)
+        .group_by("subject_id")
+        .agg(
+            first_outcome=pl.col("time").filter(counts).min(),
+            first_any=pl.col("time").min(),
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------- labels
+@dataclass
+class TaskCohort:
+    """One task's labels (MEDS label schema, one row per included patient) and every patient's status."""
+
+    spec: TaskSpec
+    labels: pl.DataFrame  # subject_id, prediction_time, boolean_value
+    status: pl.DataFrame  # subject_id, status ("included" or one of EXCLUSIONS)
+
+
+def _located_receipts(lf: pl.LazyFrame) -> pl.DataFrame:
+    """Every receipt with the coverage period it falls in (receipts outside coverage are dropped)."""
+    receipts = _receipts(lf)
+    periods = _periods(lf, receipts).sort("start")
+    return (
+        receipts.sort("time")
+        .join_asof(
+            periods, left_on="time", right_on="start", by="subject_id", strategy="backward", check_sortedness=False
+        )
+        .filter(pl.col("time") < pl.col("end"))
+        .collect()
+    )
+
+
+def _shard_cohort(
+    lf: pl.LazyFrame, located: pl.DataFrame, subjects: pl.DataFrame, spec: TaskSpec, seed: int, end_of_data
+) -> TaskCohort:
+    observed = located.filter(
+        (pl.col("time") - pl.col("start") >= dt.timedelta(days=spec.min_prior_days))
+        & (pl.col("time") + dt.timedelta(days=spec.horizon_days) <= end_of_data)
+    )
+    first = _first_outcomes(lf, spec).collect()
+    limit = pl.min_horizontal("first_outcome", "first_any") if spec.washout_suspected else pl.col("first_outcome")
+    candidates = (
+        observed.join(first, on="subject_id", how="left")
+        .filter(limit.is_null() | (pl.col("time") <= limit))
+        .sort("subject_id", "time")
+        .with_columns(rank=pl.int_range(pl.len()).over("subject_id"), n=pl.len().over("subject_id"))
+    )
+    pick = np.floor(uniform_hash(candidates["subject_id"].to_numpy(), seed, task_key(spec.name)) * candidates["n"])
+    horizon_end = pl.col("time") + dt.timedelta(days=spec.horizon_days)
+    chosen = candidates.filter(pl.Series(pick.to_numpy() == candidates["rank"].to_numpy())).with_columns(
+        positive=pl.col("first_outcome").is_not_null() & (pl.col("first_outcome") < horizon_end),
+        censored=pl.col("end") < horizon_end,
+    )
+    labels = chosen.filter(pl.col("positive") | ~pl.col("censored")).select(
+        "subject_id", prediction_time=pl.col("time") - ONE_US, boolean_value="positive"
+    )
+    censored = pl.col("censored") & ~pl.col("positive")
+    known = pl.concat(
+        [
+            chosen.select(
+                "subject_id", status=pl.when(censored).then(pl.lit("censored")).otherwise(pl.lit("included"))
+            ),
+            observed.select("subject_id")
+            .unique()
+            .join(chosen.select("subject_id"), on="subject_id", how="anti")
+            .with_columns(status=pl.lit("prior_outcome")),
+        ]
+    )
+    status = subjects.join(known, on="subject_id", how="left").with_columns(
+        pl.col("status").fill_null("insufficient_observation")
+    )
+    return TaskCohort(spec, labels.sort("subject_id"), status.sort("subject_id"))
+
+
+def build_tasks(root: str | Path, specs: tuple[TaskSpec, ...], seed: int) -> dict[str, TaskCohort]:
+    """Labels and statuses of every task, reading each shard once (one shard in memory at a time)."""
+    end_of_data = data_end(root)
+    parts: dict[str, list[TaskCohort]] = {spec.name: [] for spec in specs}
+    for path in shard_paths(root):
+        lf = _scan(path)
+        located = _located_receipts(lf)
+        subjects = lf.select("subject_id").unique().collect()
+        for spec in specs:
+            parts[spec.name].append(_shard_cohort(lf, located, subjects, spec, seed, end_of_data))
+    out = {}
+    for spec in specs:
+        labels = pl.concat([p.labels for p in parts[spec.name]])
+        labels = labels.with_columns(pl.col("prediction_time").cast(pl.Datetime("us")))
+        out[spec.name] = TaskCohort(spec, labels, pl.concat([p.status for p in parts[spec.name]]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- splits
+def subject_hospitals(root: str | Path) -> pl.DataFrame:
+    """Every subject with its hospital (first static HOSPITAL/ code; null when the data has none)."""
+    parts = []
+    for path in shard_paths(root):
+        lf = pl.scan_parquet(path).select("subject_id", "code")
+        hosp = (
+            lf.filter(pl.col("code").str.starts_with("HOSPITAL/"))
+            .group_by("subject_id")
+            .agg(hospital=pl.col("code").min().str.strip_prefix("HOSPITAL/"))
+        )
+        parts.append(lf.select("subject_id").unique().join(hosp, on="subject_id", how="left").collect())
+    return pl.concat(parts).sort("subject_id")
+
+
+def assign_splits(hospitals: pl.DataFrame, params: CohortParams) -> pl.DataFrame:
+    """Patient-level train / validation / test, plus whole hospitals held out for transfer experiments.
+
+    Hospitals are held out by a seeded draw; other patients are split by a hash of (seed, subject id), so
+    a patient's split does not depend on the other patients. Columns: subject_id, hospital, split.
+    """
+    names = sorted(h for h in hospitals["hospital"].unique().to_list() if h is not None)
+    if params.held_out_hospitals and len(names) <= params.held_out_hospitals:
+        raise CohortError(
+            f"cohort.held_out_hospitals = {params.held_out_hospitals} but the data has {len(names)} hospital(s); "
+            "at least one must remain for training"
+        )
+    rng = np.random.default_rng([params.seed, task_key("held_out_hospitals")])
+    held = sorted(rng.choice(names, size=params.held_out_hospitals, replace=False).tolist()) if names else []
+    u = uniform_hash(hospitals["subject_id"].to_numpy(), params.seed, task_key("split"))
+    train, validation = params.split["train"], params.split["validation"]
+    split = np.where(u < train, "train", np.where(u < train + validation, "validation", "test"))
+    return hospitals.with_columns(
+        split=pl.when(pl.col("hospital").is_in(held)).then(pl.lit("held_out_hospital")).otherwise(pl.Series(split))
+    )
+
+
+def sample_budgets(labels: pl.DataFrame, splits: pl.DataFrame, task: str, params: CohortParams) -> pl.DataFrame:
+    """Balanced (1:1) samples of the training patients for each label budget and seed.
+
+    Columns: subject_id, budget, seed. Raises CohortError when a budget needs more positives than exist.
+    """
+    train = labels.join(splits.filter(pl.col("split") == "train"), on="subject_id").sort("subject_id")
+    pos = train.filter(pl.col("boolean_value"))["subject_id"].to_numpy()
+    neg = train.filter(~pl.col("boolean_value"))["subject_id"].to_numpy()
+    rows = []
+    for budget in params.budgets:
+        half = budget // 2
+        if len(pos) < half or len(neg) < half:
+            raise CohortError(
+                f"task '{task}': label budget {budget} needs {half} positives and {half} negatives in the training "
+                f"split, which has {len(pos)} positives and {len(neg)} negatives"
+            )
+        for s in range(params.budget_seeds):
+            rng = np.random.default_rng([params.seed, task_key(task), budget, s])
+            chosen = np.concatenate([rng.choice(pos, half, replace=False), rng.choice(neg, half, replace=False)])
+            rows.append(pl.DataFrame({"subject_id": np.sort(chosen), "budget": budget, "seed": s}))
+    schema = {"subject_id": pl.Int64, "budget": pl.Int32, "seed": pl.Int32}
+    return pl.concat([r.cast(schema) for r in rows]) if rows else pl.DataFrame(schema=schema)
+
+
+# ---------------------------------------------------------------------------------------------- checks and Table 2
+def outcome_event_count(root: str | Path, spec: TaskSpec) -> int:
+    hit = pl.any_horizontal([pl.col("code").str.starts_with(p) for p in spec.outcome])
+    return sum(
+        pl.scan_parquet(p).select("code").filter(hit).select(pl.len()).collect().item() for p in shard_paths(root)
+    )
+
+
+def check_task(root: str | Path, cohort: TaskCohort, splits: pl.DataFrame, min_positives: int) -> None:
+    """Stop with a clear message on a task that cannot be evaluated; never an empty cohort silently."""
+    spec = cohort.spec
+    if outcome_event_count(root, spec) == 0:
+        raise CohortError(
+            f"task '{spec.name}': no event in {root} matches the outcome code prefixes {list(spec.outcome)}; "
+            "check `tasks.{spec.name}.outcome` in params.yaml against the codes in metadata/codes.parquet"
+        )
+    counts = per_split_counts(cohort.labels, splits)
+    for split in ("train", "validation", "test"):
+        row = counts.filter(pl.col("split") == split)
+        positives = int(row["positives"].sum()) if row.height else 0
+        if positives < min_positives:
+            raise CohortError(
+                f"task '{spec.name}' (outcome {list(spec.outcome)}): {positives} positive patient(s) in the "
+                f"{split} split, fewer than cohort.min_positives = {min_positives}; use more patients or a "
+                "longer horizon"
+            )
+
+
+def per_split_counts(labels: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
+    joined = labels.join(splits.select("subject_id", "split"), on="subject_id", how="left")
+    return joined.group_by("split").agg(
+        patients=pl.len().cast(pl.Int64), positives=pl.col("boolean_value").sum().cast(pl.Int64)
+    )
+
+
+def table2(cohorts: dict[str, TaskCohort], splits: pl.DataFrame) -> pl.DataFrame:
+    """Table 2: per task, eligible patients, positives, rate, exclusions by reason, per-split counts."""
+    rows = []
+    for name, c in cohorts.items():
+        status = dict(c.status["status"].value_counts().iter_rows())
+        by_split = {r["split"]: r for r in per_split_counts(c.labels, splits).iter_rows(named=True)}
+        row = {
+            "task": name,
+            "outcome": " ".join(c.spec.outcome),
+            "patients": c.status.height,
+            "eligible": c.labels.height,
+            "positives": int(c.labels["boolean_value"].sum()),
+            **{f"excluded_{reason}": status.get(reason, 0) for reason in EXCLUSIONS},
+        }
+        for split in SPLITS:
+            row[f"{split}_patients"] = by_split.get(split, {}).get("patients", 0)
+            row[f"{split}_positives"] = by_split.get(split, {}).get("positives", 0)
+        rows.append(row)
+    table = pl.DataFrame(rows).with_columns(pl.col(pl.Int32, pl.UInt32).cast(pl.Int64))
+    return table.with_columns(positive_rate=pl.col("positives") / pl.col("eligible")).select(
+        "task", "outcome", "patients", "eligible", "positives", "positive_rate", pl.all().exclude(
+            "task", "outcome", "patients", "eligible", "positives", "positive_rate"
+        )
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- oracle
+def oracle_probabilities(truth_dir: str | Path, labels: pl.DataFrame, column: str, horizon_days: int) -> pl.DataFrame:
+    """The oracle: P(outcome within the horizon) implied by the patient's true state at the index month.
+
+    The generator records, per covered month, the probability of the outcome event that month given the
+    state at the start of the month (latent factors, present but undiagnosed conditions, treatment). The
+    oracle holds the index month's probability p for the horizon: 1 - (1 - p)^months. It uses nothing that
+    happens after the index, so it is a ceiling for models that see the records, not a look into the future.
+    Only data from the built-in generator has this. Columns: subject_id, prediction_time, probability.
+    """
+    months = horizon_days / 30.4375
+    want = labels.select(
+        "subject_id", "prediction_time", month=(pl.col("prediction_time") + ONE_US).dt.month_start().dt.date()
+    )
+    paths = sorted((Path(truth_dir) / "hazards").glob("*.parquet"))
+    if not paths:
+        raise FileNotFoundError(f"{truth_dir}/hazards: no ground-truth hazards (the oracle needs synthetic data)")
+    hazards = pl.scan_parquet(paths).select("subject_id", "month", pl.col(column).alias("p"))
+    at_index = hazards.join(want.lazy().select("subject_id", "month"), on=["subject_id", "month"]).collect()
+    out = want.join(at_index, on=["subject_id", "month"], how="left")
+    missing = out["p"].null_count()
+    if missing:
+        example = out.filter(pl.col("p").is_null()).row(0, named=True)
+        raise CohortError(
+            f"{truth_dir}/hazards: {missing} labelled patient(s) have no ground-truth row for their index month "
+            f"(e.g. month {example['month']}); the truth does not belong to this dataset"
+        )
+    probability = 1.0 - (1.0 - pl.col("p").clip(0.0, 1.0)) ** months
+    return out.select("subject_id", "prediction_time", probability=probability)
