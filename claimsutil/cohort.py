@@ -348,3 +348,81 @@ def oracle_probabilities(truth_dir: str | Path, labels: pl.DataFrame, column: st
         )
     probability = 1.0 - (1.0 - pl.col("p").clip(0.0, 1.0)) ** months
     return out.select("subject_id", "prediction_time", probability=probability)
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+def write_cohort(
+    out_dir: str | Path, cohorts: dict[str, TaskCohort], splits: pl.DataFrame, budgets: dict[str, pl.DataFrame]
+) -> None:
+    """data/cohort: labels/<task>.parquet (MEDS label schema), splits.parquet, budgets/<task>.parquet."""
+    import meds
+
+    out = Path(out_dir)
+    for sub in ("labels", "budgets"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for name, c in cohorts.items():
+        table = c.labels.select("subject_id", "prediction_time", "boolean_value").to_arrow()
+        meds.LabelSchema.validate(table)  # the MEDS label schema, exactly
+        pl.from_arrow(table).write_parquet(out / "labels" / f"{name}.parquet")
+        budgets[name].write_parquet(out / "budgets" / f"{name}.parquet")
+    splits.write_parquet(out / "splits.parquet")
+
+
+def read_labels(cohort_dir: str | Path, task: str, split: str | None = None) -> pl.DataFrame:
+    """A task's labels, with each patient's split; only SPLIT's patients when given."""
+    cohort_dir = Path(cohort_dir)
+    path = cohort_dir / "labels" / f"{task}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no labels for task '{task}' (tasks are declared in params.yaml)")
+    labels = pl.read_parquet(path).join(pl.read_parquet(cohort_dir / "splits.parquet"), on="subject_id", how="left")
+    return labels.filter(pl.col("split") == split) if split else labels
+
+
+def oracle_predictions(truth_dir: str | Path, cohorts: dict[str, TaskCohort], splits: pl.DataFrame) -> dict:
+    """Test-split predictions of the oracle for every task that names a ground-truth column; {} without truth."""
+    from claimsutil.metrics import predictions_frame
+
+    if not (Path(truth_dir) / "hazards").is_dir():
+        return {}
+    out = {}
+    for name, c in cohorts.items():
+        if not c.spec.oracle:
+            continue
+        test = c.labels.join(splits.filter(pl.col("split") == "test"), on="subject_id")
+        probs = oracle_probabilities(truth_dir, test, c.spec.oracle, c.spec.horizon_days)
+        joined = test.join(probs.select("subject_id", "probability"), on="subject_id")
+        out[name] = predictions_frame(
+            joined["subject_id"], joined["prediction_time"], joined["boolean_value"], joined["probability"]
+        )
+    return out
+
+
+def task_table(specs: tuple[TaskSpec, ...]) -> pl.DataFrame:
+    """The declared tasks, as the notebook shows them."""
+    return pl.DataFrame(
+        [
+            {
+                "task": s.name,
+                "outcome": " ".join(s.outcome),
+                "horizon_days": s.horizon_days,
+                "min_prior_days": s.min_prior_days,
+                "suspected": s.suspected,
+                "washout_suspected": s.washout_suspected,
+                "oracle": s.oracle or "",
+            }  # fmt: skip
+            for s in specs
+        ]
+    )
+
+
+def cohort_metrics(table2: pl.DataFrame, oracle: dict[str, dict]) -> dict:
+    """The cohort stage's metrics JSON: Table 2's numbers per task, and the oracle's AUPRC/AUROC/Brier."""
+    out = {}
+    for row in table2.iter_rows(named=True):
+        task = row.pop("task")
+        row.pop("outcome")
+        entry = {k: v for k, v in row.items()}
+        if task in oracle:
+            entry["oracle"] = {m: oracle[task][m] for m in ("auprc", "auroc", "brier")}
+        out[task] = entry
+    return out

@@ -406,3 +406,16 @@ def evaluate(predictions: pl.DataFrame, n_resamples: int = 1000, seed: int = 0, 
         "resampling": "subject",  # whole patients are resampled
         "one_class_redraws": redraws,
     }
+
+
+def metrics_table(results: dict[str, dict], label: str = "model") -> pl.DataFrame:
+    """One row per entry of RESULTS (name -> `evaluate` output): n, positives, prevalence, and each metric
+    with its interval as `auprc`, `auprc_low`, `auprc_high`, ..."""
+    rows = []
+    for name, result in results.items():
+        row = {label: name, "n": int(result["n"]), "positives": int(result["positives"])}
+        row["prevalence"] = float(result["prevalence"])
+        for m in METRICS:
+            row |= {m: result[m]["point"], f"{m}_low": result[m]["low"], f"{m}_high": result[m]["high"]}
+        rows.append(row)
+    return pl.DataFrame(rows)
