@@ -137,7 +137,7 @@ def bench_features(args: argparse.Namespace) -> str:
         train = labels.filter(pl.Series(np.random.default_rng(args.seed).random(labels.height) < args.train_fraction))
         print(f"labels: {labels.height:,} rows, positive rate {labels['boolean_value'].mean():.3f}; "
               f"vocabulary fitted on {train.height:,} rows")  # fmt: skip
-        rss_before = PeakRSS()._sample() / 2**20
+        rss_before = psutil.Process(os.getpid()).memory_info().rss / 2**20
         with PeakRSS() as rss:
             t0 = time.perf_counter()
             vocab = fit_vocabulary(root, train, FeatureConfig(), progress=not args.no_progress)

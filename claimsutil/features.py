@@ -23,8 +23,9 @@ MEDS_BIRTH only feeds `age`. Suspected records count in count_* too (confirmed =
 Numeric values are not used: these are count features. Codes outside the vocabulary are dropped and
 counted (`FeatureStats`); nothing is dropped silently.
 
-Memory: one shard joined with its label rows, plus the (row, column, value) triplets of the sparse
-matrix; never a dense patients x codes frame. Same inputs give the same matrix, whatever the sharding.
+Memory: one shard is streamed (polars' streaming engine) into one group per (label row, code), so what is
+held is those groups plus the (row, column, value) triplets of the sparse matrix; never the joined records,
+never a dense patients x codes frame. Same inputs give the same matrix, whatever the sharding.
 """
 
 from __future__ import annotations
@@ -129,9 +130,7 @@ class FeatureVocabulary:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description; `from_dict` reads it back."""
-        out = {k: v for k, v in asdict(self).items()}
-        out["config"] = asdict(self.config)
-        return out
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureVocabulary:
@@ -197,7 +196,7 @@ def _subject_shards(paths: list[Path]) -> pl.DataFrame:
     """subject_id -> shard index; a subject in two shards is an error (MEDS keeps a subject in one)."""
     parts = [
         pl.scan_parquet(p, hive_partitioning=False)
-        .select("subject_id")
+        .select(pl.col("subject_id").cast(pl.Int64))
         .unique()
         .with_columns(shard=pl.lit(i, pl.UInt32))
         for i, p in enumerate(paths)
@@ -235,8 +234,11 @@ def _kind() -> pl.Expr:
     )
 
 
-def _shard_records(path: Path, shard_labels: pl.DataFrame) -> pl.DataFrame:
-    """The shard's records of these label rows that may be used: static, or strictly before the prediction time."""
+def _shard_groups(path: Path, shard_labels: pl.DataFrame, windows: tuple[int, ...]) -> pl.DataFrame:
+    """Per (label row, kind, code) of one shard: records, records in each window, suspected records, and
+    microseconds from the earliest record to the prediction time. Only records that may be used count:
+    static ones, and those strictly before the prediction time. Streamed: the joined records are never
+    held in memory at once, only these groups."""
     lf = pl.scan_parquet(path, hive_partitioning=False)
     columns = lf.collect_schema().names()
     missing = [c for c in ("subject_id", "time", "code") if c not in columns]
@@ -246,19 +248,36 @@ def _shard_records(path: Path, shard_labels: pl.DataFrame) -> pl.DataFrame:
         suspected = (pl.col(CERTAINTY_COLUMN) == SUSPECTED).fill_null(False)
     else:
         suspected = pl.lit(False)
+    before = pl.col("prediction_time") - pl.col("time")
     return (
-        lf.select("subject_id", pl.col("time").cast(pl.Datetime("us")), "code", suspected.alias("suspected"))
+        lf.select(
+            pl.col("subject_id").cast(pl.Int64),
+            pl.col("time").cast(pl.Datetime("us")),
+            pl.col("code"),
+            suspected.alias("suspected"),
+        )
         .join(shard_labels.lazy(), on="subject_id", how="inner")
         .filter(pl.col("time").is_null() | (pl.col("time") < pl.col("prediction_time")))
-        .with_columns(kind=_kind())
-        .collect()
+        .group_by(_ROW, _kind().alias("kind"), "code")
+        .agg(
+            pl.len().cast(pl.UInt32).alias("n_all"),
+            *[(before <= dt.timedelta(days=w)).sum().cast(pl.UInt32).alias(f"n_{w}d") for w in windows],
+            n_suspected=pl.col("suspected").sum().cast(pl.UInt32),
+            earliest_us=before.dt.total_microseconds().max(),
+        )
+        .collect(engine="streaming")
     )
 
 
 def _for_each_shard(
-    root: str | Path, labels: pl.DataFrame, fn: Callable[[pl.DataFrame], None], progress: bool, desc: str
+    root: str | Path,
+    labels: pl.DataFrame,
+    windows: tuple[int, ...],
+    fn: Callable[[pl.DataFrame], None],
+    progress: bool,
+    desc: str,
 ) -> tuple[int, int]:
-    """FN(records) for every shard holding label rows; returns (shards, label rows in no shard)."""
+    """FN(groups) for every shard holding label rows; returns (shards, label rows in no shard)."""
     paths = shard_paths(root)
     if not paths:
         raise FileNotFoundError(f"{Path(root) / 'data'}: no parquet shards")
@@ -266,16 +285,11 @@ def _for_each_shard(
     bar = tqdm(total=labels.height, desc=desc, unit="row", disable=not progress, smoothing=0.1)
     for i, path in enumerate(paths):
         if i in by_shard:
-            fn(_shard_records(path, by_shard[i]))
+            fn(_shard_groups(path, by_shard[i], windows))
             bar.update(by_shard[i].height)
     bar.update(without)
     bar.close()
     return len(paths), without
-
-
-def _window_counts(windows: tuple[int, ...]) -> list[pl.Expr]:
-    before = pl.col("prediction_time") - pl.col("time")
-    return [(before <= dt.timedelta(days=w)).sum().cast(pl.UInt32).alias(f"n_{w}d") for w in windows]
 
 
 # --- vocabulary -------------------------------------------------------------------------------------
@@ -289,19 +303,19 @@ def fit_vocabulary(
     labels = _prepare_labels(train_labels, "train_labels")
     parts: list[pl.DataFrame] = []
 
-    def shard(records: pl.DataFrame) -> None:
-        # Rows are disjoint across shards, so per-shard row counts add up.
+    def shard(groups: pl.DataFrame) -> None:
+        # One group per (row, code); rows are disjoint across shards, so per-shard row counts add up.
         parts.append(
-            records.filter(pl.col("kind") != BIRTH)
+            groups.filter(pl.col("kind") != BIRTH)
             .group_by("kind", "code")
             .agg(
-                rows=pl.col(_ROW).n_unique(),
-                records=pl.len(),
-                suspected_rows=pl.col(_ROW).filter(pl.col("suspected")).n_unique(),
+                rows=pl.len().cast(pl.UInt32),
+                records=pl.col("n_all").sum(),
+                suspected_rows=(pl.col("n_suspected") > 0).sum().cast(pl.UInt32),
             )
         )
 
-    _for_each_shard(meds_root, labels, shard, progress, "vocabulary")
+    _for_each_shard(meds_root, labels, (), shard, progress, "vocabulary")
     schema = {"kind": pl.UInt8, "code": pl.String, "rows": pl.UInt32, "records": pl.UInt32, "suspected_rows": pl.UInt32}
     seen = pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame(schema=schema)
     seen = seen.group_by("kind", "code").agg(pl.col("rows", "records", "suspected_rows").sum())
@@ -394,54 +408,38 @@ class _Counter:
         self.days = np.full(n_rows, np.nan, dtype=np.float32)
         self.dropped: dict[str, int] = {}
 
-    def __call__(self, records: pl.DataFrame) -> None:
-        self._age(records.filter((pl.col("kind") == BIRTH) & pl.col("time").is_not_null()))
-        self._static(records.filter(pl.col("kind").is_in([SEX, HOSPITAL, STATIC])))
-        events = records.filter(pl.col("kind") == EVENT)
+    def __call__(self, groups: pl.DataFrame) -> None:
+        self._age(groups.filter((pl.col("kind") == BIRTH) & pl.col("earliest_us").is_not_null()))
+        self._static(groups.filter(pl.col("kind").is_in([SEX, HOSPITAL, STATIC])))
+        events = groups.filter(pl.col("kind") == EVENT)
         self._totals(events)
         self._codes(events)
 
     def _age(self, births: pl.DataFrame) -> None:
-        first = births.group_by(_ROW).agg(pl.col("time").min(), pl.col("prediction_time").first())
-        age = (pl.col("prediction_time") - pl.col("time")).dt.total_microseconds() / US_PER_YEAR
-        first = first.select(_ROW, age.alias("age"))
-        self.age[first[_ROW].to_numpy()] = first["age"].to_numpy()
+        first = births.group_by(_ROW).agg(pl.col("earliest_us").max())  # one group per row, unless codes differ
+        self.age[first[_ROW].to_numpy()] = first["earliest_us"].to_numpy() / US_PER_YEAR
 
     def _static(self, static: pl.DataFrame) -> None:
-        present = (
-            static.group_by(_ROW, "kind", "code")
-            .agg(n=pl.len())
-            .join(self.static_cols, on=["kind", "code"], how="left")
-        )
+        present = static.join(self.static_cols, on=["kind", "code"], how="left")
         dropped = present.filter(pl.col("col").is_null())
-        self.stats.static_dropped += int(dropped["n"].sum())
+        self.stats.static_dropped += int(dropped["n_all"].sum())
         self._note_dropped(dropped)
         present = present.drop_nulls("col")
         self.out.add(present[_ROW], present["col"], np.ones(present.height, np.float32))
 
     def _totals(self, events: pl.DataFrame) -> None:
         off = self.vocab._offsets["events"]
-        totals = events.group_by(_ROW).agg(
-            pl.len().alias("n_all"),
-            *_window_counts(self.windows),
-            first=pl.col("time").min(),
-            pt=pl.col("prediction_time").first(),
-        )
-        for j, name in enumerate(["n_all", *(f"n_{w}d" for w in self.windows)]):
+        names = ["n_all", *(f"n_{w}d" for w in self.windows)]
+        totals = events.group_by(_ROW).agg(pl.col(names).sum(), pl.col("earliest_us").max())
+        for j, name in enumerate(names):
             self.out.add(totals[_ROW], np.full(totals.height, off + j), totals[name])
-        days = totals.select((pl.col("pt") - pl.col("first")).dt.total_microseconds() / US_PER_DAY).to_series()
-        self.days[totals[_ROW].to_numpy()] = days.to_numpy()
+        self.days[totals[_ROW].to_numpy()] = totals["earliest_us"].to_numpy() / US_PER_DAY
 
     def _codes(self, events: pl.DataFrame) -> None:
-        per_code = events.group_by(_ROW, "code").agg(
-            pl.len().alias("n_all"), *_window_counts(self.windows), n_suspected=pl.col("suspected").sum()
-        )
-        per_code = per_code.join(self.code_index, on="code", how="left").join(
-            self.suspected_cols, on="code", how="left"
-        )
+        per_code = events.join(self.code_index, on="code", how="left").join(self.suspected_cols, on="code", how="left")
         dropped = per_code.filter(pl.col("k").is_null())
         self.stats.events_dropped += int(dropped["n_all"].sum())
-        self._note_dropped(dropped.rename({"n_all": "n"}))
+        self._note_dropped(dropped)
         self.stats.suspected_uncounted += int(per_code.filter(pl.col("scol").is_null())["n_suspected"].sum())
         counted = per_code.drop_nulls("k")
         self.stats.events_used += int(counted["n_all"].sum())
@@ -453,7 +451,7 @@ class _Counter:
         self.out.add(susp[_ROW], susp["scol"], susp["n_suspected"])
 
     def _note_dropped(self, dropped: pl.DataFrame) -> None:
-        for code, n in dropped.group_by("code").agg(pl.col("n").sum()).iter_rows():
+        for code, n in dropped.group_by("code").agg(pl.col("n_all").sum()).iter_rows():
             self.dropped[code] = self.dropped.get(code, 0) + int(n)
 
     def finish(self, n_rows: int) -> sp.csr_matrix:
@@ -470,7 +468,8 @@ def count_features_with_stats(
     prepared = _prepare_labels(labels, "labels")
     stats = FeatureStats(rows=prepared.height)
     counter = _Counter(vocab, prepared.height, stats)
-    stats.shards, stats.rows_without_data = _for_each_shard(meds_root, prepared, counter, progress, "features")
+    windows = vocab.config.windows_days
+    stats.shards, stats.rows_without_data = _for_each_shard(meds_root, prepared, windows, counter, progress, "features")
     matrix = counter.finish(prepared.height)
     stats.nonzeros = matrix.nnz
     top = sorted(counter.dropped.items(), key=lambda kv: (-kv[1], str(kv[0])))[:20]

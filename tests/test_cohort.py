@@ -1,0 +1,252 @@
+"""Cohorts: labels on hand-built timelines, invariants on generator data, splits, budgets, Table 2, oracle."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import meds
+import numpy as np
+import polars as pl
+import pytest
+
+from claimsutil import cohort as co
+from claimsutil.config import CohortParams, SynthParams, TaskSpec
+from claimsutil.meds import shard_paths
+from claimsutil.synth import generate
+
+END = dt.datetime(2024, 1, 1)
+HTN = TaskSpec("hypertension", ("ICD10/I10",), horizon_days=365, min_prior_days=365)
+
+
+def d(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+def write_shards(root: Path, shards: list[list[tuple]]) -> Path:
+    """Rows (subject_id, time or None, code, suspected) -> a MEDS data folder, one file per shard."""
+    (root / "data").mkdir(parents=True)
+    for i, rows in enumerate(shards):
+        rows = sorted(rows, key=lambda r: (r[0], r[1] is not None, r[1] or dt.datetime.min, r[2]))
+        pl.DataFrame(
+            {
+                "subject_id": [r[0] for r in rows],
+                "time": [r[1] for r in rows],
+                "code": [r[2] for r in rows],
+                "diagnosis_certainty": ["suspected" if len(r) > 3 and r[3] else None for r in rows],
+            },
+            schema={
+                "subject_id": pl.Int64,
+                "time": pl.Datetime("us"),
+                "code": pl.String,
+                "diagnosis_certainty": pl.String,
+            },
+        ).write_parquet(root / "data" / f"{i}.parquet")
+    return root
+
+
+def covered(sid: int, start: str, end: str = "2024-01-01", reason: str = "data_cutoff") -> list[tuple]:
+    return [(sid, None, "HOSPITAL/H01"), (sid, d(start), "COVERAGE/START"), (sid, d(end), "COVERAGE/END")]
+
+
+def visit(sid: int, when: str, code: str = "ICD10/J06.9", suspected: bool = False) -> tuple:
+    return (sid, d(when), code, suspected)
+
+
+@pytest.fixture
+def timelines(tmp_path) -> Path:
+    a = [*covered(1, "2020-01-01"), visit(1, "2021-01-01"), visit(1, "2021-12-31", "ICD10/I10")]
+    b = [*covered(2, "2020-01-01"), visit(2, "2022-01-01"), visit(2, "2023-01-02", "ICD10/I10")]  # index + 366
+    c = [*covered(3, "2020-01-01"), visit(3, "2022-01-02"), visit(3, "2023-01-02", "ICD10/I10")]  # index + 365
+    dd = [*covered(4, "2020-01-01"), visit(4, "2022-01-03"), visit(4, "2023-01-02", "ICD10/I10")]  # index + 364
+    e = [*covered(5, "2021-06-01"), visit(5, "2021-07-01"), visit(5, "2022-01-01")]  # never 365 days covered
+    f = [*covered(6, "2019-01-01"), visit(6, "2019-06-01", "ICD10/I10"), visit(6, "2020-06-01")]  # prior outcome
+    g = [*covered(7, "2020-01-01", "2022-05-01", "insurance_change"), visit(7, "2021-06-01")]  # censored
+    g2 = [*covered(8, "2020-01-01", "2022-05-01", "insurance_change"), visit(8, "2021-06-01"),
+          visit(8, "2022-03-01", "ICD10/I10")]  # fmt: skip
+    h = [*covered(9, "2020-01-01"), visit(9, "2022-01-01"), visit(9, "2022-06-01", "ICD10/I10", suspected=True)]
+    i = [*covered(10, "2020-01-01"), visit(10, "2020-06-01", "ICD10/I10", suspected=True), visit(10, "2022-01-01")]
+    j = [(11, d("1950-01-01"), "MEDS_BIRTH"), visit(11, "2020-01-01"), visit(11, "2021-01-05"),
+         visit(11, "2023-06-01")]  # no coverage events: covered from first to last event  # fmt: skip
+    k = [(12, None, "GENDER/F"), (12, d("1950-01-01"), "MEDS_BIRTH")]  # no clinical event at all
+    return write_shards(tmp_path / "meds", [a + b + c + dd + e + f, g + g2 + h + i + j + k])
+
+
+def _by_subject(c: co.TaskCohort) -> tuple[dict, dict]:
+    labels = {r["subject_id"]: r for r in c.labels.iter_rows(named=True)}
+    status = dict(c.status.iter_rows())
+    return labels, status
+
+
+def test_labels_on_hand_built_timelines(timelines):
+    c = co.build_tasks(timelines, (HTN,), seed=1)["hypertension"]
+    labels, status = _by_subject(c)
+    assert status == {
+        1: "included", 2: "included", 3: "included", 4: "included", 5: "insufficient_observation",
+        6: "prior_outcome", 7: "censored", 8: "included", 9: "included", 10: "included", 11: "included",
+        12: "insufficient_observation",
+    }  # fmt: skip
+    expected = {1: True, 2: False, 3: False, 4: True, 8: True, 9: False, 10: False, 11: False}
+    assert {s: r["boolean_value"] for s, r in labels.items()} == expected
+    # The prediction time is one microsecond before the index receipt: models see strictly earlier records.
+    assert labels[2]["prediction_time"] == d("2022-01-01") - dt.timedelta(microseconds=1)
+    assert labels[3]["prediction_time"] == d("2022-01-02") - dt.timedelta(microseconds=1)
+    assert labels[1]["prediction_time"] + dt.timedelta(microseconds=1) in (d("2021-01-01"), d("2021-12-31"))
+    assert labels[11]["prediction_time"] + dt.timedelta(microseconds=1) == d("2021-01-05")
+    meds.LabelSchema.validate(c.labels.to_arrow())
+
+
+def test_suspected_outcomes_and_suspected_washout(timelines):
+    include = dataclasses.replace(HTN, suspected="include")
+    labels, _ = _by_subject(co.build_tasks(timelines, (include,), seed=1)["hypertension"])
+    assert labels[9]["boolean_value"] is True  # a suspected record counts as the outcome
+    washout = dataclasses.replace(HTN, washout_suspected=True)
+    labels, status = _by_subject(co.build_tasks(timelines, (washout,), seed=1)["hypertension"])
+    assert status[10] == "prior_outcome" and 10 not in labels  # suspected-only record before every candidate
+    assert status[9] == "included"  # the suspected record is itself a candidate index: nothing before it
+
+
+def test_index_choice_is_seeded_and_independent_of_sharding(timelines, tmp_path):
+    rows = pl.read_parquet(shard_paths(timelines))
+    single = tmp_path / "one"
+    (single / "data").mkdir(parents=True)
+    rows.write_parquet(single / "data" / "all.parquet")
+    a = co.build_tasks(timelines, (HTN,), seed=1)["hypertension"].labels
+    b = co.build_tasks(single, (HTN,), seed=1)["hypertension"].labels
+    assert a.sort("subject_id").equals(b.sort("subject_id"))
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cohort_synth") / "meds"
+    generate(SynthParams(patients=4000, seed=5, block_size=1000, shard_size=2000, workers=1), out,
+             out.with_name("meds_truth"), progress=False)  # fmt: skip
+    return out
+
+
+TASKS = (
+    HTN,
+    TaskSpec("ckd", ("ICD10/N18",), 365, 365, oracle="record_hazard_ckd"),
+    TaskSpec("amlodipine", ("YJ/2171022",), 365, 365, oracle="rx_hazard_amlodipine"),
+)
+
+
+def test_labels_obey_the_definition_on_generator_data(generated):
+    """For every labelled patient: index at a receipt after a year of coverage, no earlier outcome, and a
+    label equal to 'an outcome record within the horizon'."""
+    events = pl.read_parquet(shard_paths(generated))
+    for spec in TASKS:
+        c = co.build_tasks(generated, (spec,), seed=3)[spec.name]
+        assert c.status.height == 4000 and c.labels.height == (c.status["status"] == "included").sum()
+        idx = c.labels.with_columns(index=pl.col("prediction_time") + dt.timedelta(microseconds=1))
+        hit = pl.any_horizontal([pl.col("code").str.starts_with(p) for p in spec.outcome])
+        outcome = events.filter(hit & pl.col("diagnosis_certainty").is_null()).select("subject_id", o="time")
+        joined = idx.join(outcome, on="subject_id", how="left")
+        assert joined.filter(pl.col("o") < pl.col("index")).height == 0  # washout
+        horizon = dt.timedelta(days=spec.horizon_days)
+        within = joined.group_by("subject_id").agg(
+            label=pl.col("boolean_value").first(),
+            hit=((pl.col("o") >= pl.col("index")) & (pl.col("o") < pl.col("index") + horizon)).any(),
+        )
+        assert (within["label"] == within["hit"]).all()
+        receipts = events.filter(pl.col("time").is_not_null()).select("subject_id", index="time").unique()
+        assert idx.join(receipts, on=["subject_id", "index"]).height == idx.height
+        starts = events.filter(pl.col("code") == "COVERAGE/START").select("subject_id", s="time")
+        observed = idx.join(starts, on="subject_id").filter(pl.col("s") <= pl.col("index") - dt.timedelta(days=365))
+        assert observed["subject_id"].n_unique() == idx.height
+        assert 0.01 < c.labels["boolean_value"].mean() < 0.3
+
+
+def test_splits_are_patient_level_and_disjoint(generated):
+    hospitals = co.subject_hospitals(generated)
+    params = CohortParams(held_out_hospitals=3)
+    splits = co.assign_splits(hospitals, params)
+    assert splits.height == 4000 and splits["subject_id"].n_unique() == 4000
+    assert set(splits["split"]) == set(co.SPLITS)
+    held = splits.filter(pl.col("split") == "held_out_hospital")["hospital"].unique()
+    assert held.len() == 3
+    assert splits.filter(pl.col("hospital").is_in(held.implode()))["split"].unique().to_list() == ["held_out_hospital"]
+    shares = splits.filter(pl.col("split") != "held_out_hospital")["split"].value_counts(normalize=True)
+    share = dict(shares.iter_rows())
+    assert abs(share["train"] - 0.70) < 0.03 and abs(share["test"] - 0.15) < 0.03
+    # A patient's split does not depend on who else is in the data.
+    subset = co.assign_splits(hospitals.filter(pl.col("subject_id") % 2 == 0), params)
+    assert subset.join(splits, on="subject_id")["split"].equals(
+        subset.join(splits, on="subject_id")["split_right"], check_names=False
+    )
+    with pytest.raises(co.CohortError, match="held_out_hospitals = 40"):
+        co.assign_splits(hospitals, CohortParams(held_out_hospitals=40))
+
+
+def test_budgets_are_balanced_training_samples(generated):
+    spec = TASKS[2]
+    c = co.build_tasks(generated, (spec,), seed=3)[spec.name]
+    params = CohortParams(budgets=(20, 40), budget_seeds=2, held_out_hospitals=2)
+    splits = co.assign_splits(co.subject_hospitals(generated), params)
+    budgets = co.sample_budgets(c.labels, splits, spec.name, params)
+    assert budgets.group_by("budget", "seed").len().sort("budget", "seed")["len"].to_list() == [20, 20, 40, 40]
+    joined = budgets.join(c.labels, on="subject_id").join(splits, on="subject_id")
+    assert set(joined["split"]) == {"train"}
+    balance = joined.group_by("budget", "seed").agg(pl.col("boolean_value").mean())
+    assert (balance["boolean_value"] == 0.5).all()
+    assert budgets.equals(co.sample_budgets(c.labels, splits, spec.name, params))  # seeded
+    s0 = set(budgets.filter((pl.col("budget") == 40) & (pl.col("seed") == 0))["subject_id"])
+    s1 = set(budgets.filter((pl.col("budget") == 40) & (pl.col("seed") == 1))["subject_id"])
+    assert s0 != s1
+    with pytest.raises(co.CohortError, match=r"task 'amlodipine': label budget 100000 needs 50000 positives"):
+        co.sample_budgets(c.labels, splits, spec.name, dataclasses.replace(params, budgets=(100000,)))
+
+
+def test_table2_accounts_for_every_patient(generated):
+    cohorts = co.build_tasks(generated, TASKS, seed=3)
+    splits = co.assign_splits(co.subject_hospitals(generated), CohortParams(held_out_hospitals=2))
+    table = co.table2(cohorts, splits)
+    for row in table.iter_rows(named=True):
+        excluded = sum(row[f"excluded_{r}"] for r in co.EXCLUSIONS)
+        assert row["eligible"] + excluded == row["patients"] == 4000
+        assert sum(row[f"{s}_patients"] for s in co.SPLITS) == row["eligible"]
+        assert sum(row[f"{s}_positives"] for s in co.SPLITS) == row["positives"]
+        assert row["positive_rate"] == pytest.approx(row["positives"] / row["eligible"])
+
+
+def test_tasks_that_cannot_be_evaluated_stop_clearly(generated):
+    splits = co.assign_splits(co.subject_hospitals(generated), CohortParams(held_out_hospitals=2))
+    ghost = TaskSpec("ghost", ("ICD10/Z99.9", "YJ/0000000"), 365, 365)
+    c = co.build_tasks(generated, (ghost,), seed=3)["ghost"]
+    with pytest.raises(co.CohortError, match=r"task 'ghost': no event .* \['ICD10/Z99.9', 'YJ/0000000'\]"):
+        co.check_task(generated, c, splits, 10)
+    rare = TaskSpec("rare", ("ICD10/I63.9",), 30, 365)
+    c = co.build_tasks(generated, (rare,), seed=3)["rare"]
+    with pytest.raises(co.CohortError, match=r"task 'rare' \(outcome \['ICD10/I63.9'\]\): \d+ positive patient"):
+        co.check_task(generated, c, splits, 1000)
+
+
+def test_oracle_is_informative_and_uses_no_future(generated):
+    truth = generated.with_name("meds_truth")
+    spec = TASKS[1]
+    c = co.build_tasks(generated, (spec,), seed=3)[spec.name]
+    probs = co.oracle_probabilities(truth, c.labels, spec.oracle, spec.horizon_days).join(
+        c.labels.select("subject_id", "boolean_value"), on="subject_id"
+    )
+    assert probs.height == c.labels.height and probs["probability"].is_between(0, 1).all()
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(probs["boolean_value"], probs["probability"]) > 0.8
+    # Changing the truth after the index month changes nothing.
+    hazards = pl.read_parquet(sorted((truth / "hazards").glob("*.parquet")))
+    index_month = c.labels.select(
+        "subject_id", m=(pl.col("prediction_time") + dt.timedelta(microseconds=1)).dt.month_start().dt.date()
+    )
+    later = (
+        hazards.join(index_month, on="subject_id", how="left")
+        .with_columns(
+            pl.when(pl.col("month") > pl.col("m")).then(1.0).otherwise(pl.col(spec.oracle)).alias(spec.oracle)
+        )
+        .drop("m")
+    )
+    altered = truth.with_name("altered")
+    (altered / "hazards").mkdir(parents=True)
+    later.write_parquet(altered / "hazards" / "all.parquet")
+    again = co.oracle_probabilities(altered, c.labels, spec.oracle, spec.horizon_days)
+    assert np.allclose(again.sort("subject_id")["probability"], probs.sort("subject_id")["probability"])
