@@ -15,7 +15,7 @@ column indices back to the feature vocabulary's names.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightgbm as lgb
@@ -93,6 +93,16 @@ class FittedBaseline:
     val_auprc: float
     grid: tuple[GridPoint, ...]  # every grid point, in grid order
     n_features: int
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: the chosen parameters, best iteration, validation AUPRC, and every grid point's."""
+        return {
+            "params": dict(self.params),
+            "best_iteration": self.best_iteration,
+            "val_auprc": self.val_auprc,
+            "grid": [asdict(p) for p in self.grid],
+            "n_features": self.n_features,
+        }
 
 
 def _labels(y: Any, what: str, n_rows: int) -> np.ndarray:

@@ -301,6 +301,8 @@ def fit_vocabulary(
     """The feature columns, from the training rows' records strictly before their prediction times."""
     config = config or FeatureConfig()
     labels = _prepare_labels(train_labels, "train_labels")
+    if labels.height == 0:
+        raise ValueError("train_labels: no rows to fit the feature vocabulary on")
     parts: list[pl.DataFrame] = []
 
     def shard(groups: pl.DataFrame) -> None:
@@ -416,7 +418,7 @@ class _Counter:
         self._codes(events)
 
     def _age(self, births: pl.DataFrame) -> None:
-        first = births.group_by(_ROW).agg(pl.col("earliest_us").max())  # one group per row, unless codes differ
+        first = births.group_by(_ROW).agg(pl.col("earliest_us").max())  # the earliest MEDS_BIRTH record
         self.age[first[_ROW].to_numpy()] = first["earliest_us"].to_numpy() / US_PER_YEAR
 
     def _static(self, static: pl.DataFrame) -> None:

@@ -120,7 +120,13 @@ def _both_classes(y: np.ndarray) -> None:
 def _checked(y_true, *probs) -> tuple[np.ndarray, list[np.ndarray]]:
     """Validated labels and probability arrays (the latter named y_prob, prob_a, prob_b in errors)."""
     y = _labels(y_true)
-    names = ["y_prob"] if len(probs) == 1 else ["prob_a", "prob_b"]
+    names = (
+        ["y_prob"]
+        if len(probs) == 1
+        else ["prob_a", "prob_b"]
+        if len(probs) == 2
+        else [f"run_{i}" for i in range(len(probs))]
+    )
     ps = [_probabilities(p, name) for p, name in zip(probs, names, strict=True)]
     _same_length(y_true=y, **dict(zip(names, ps, strict=True)))
     _both_classes(y)
@@ -419,3 +425,39 @@ def metrics_table(results: dict[str, dict], label: str = "model") -> pl.DataFram
             row |= {m: result[m]["point"], f"{m}_low": result[m]["low"], f"{m}_high": result[m]["high"]}
         rows.append(row)
     return pl.DataFrame(rows)
+
+
+def evaluate_mean(
+    predictions: Sequence[pl.DataFrame], n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> dict:
+    """Like `evaluate`, for the mean over several runs (e.g. label-budget seeds) scored on the same patients.
+
+    Every run is scored on the same bootstrap resamples and the metrics are averaged per resample, so the
+    interval reflects the test patients' sampling around the seed-averaged metric. Also returns each run's
+    point estimate (`runs`).
+    """
+    if not predictions:
+        raise ValueError("evaluate_mean needs at least one predictions frame")
+    frames = [_validated(p, f"predictions[{i}]").sort(SUBJECT_ID, "prediction_time") for i, p in enumerate(predictions)]
+    keys = frames[0].select(SUBJECT_ID, "prediction_time", BOOLEAN_VALUE)
+    for i, f in enumerate(frames[1:], start=1):
+        if not f.select(SUBJECT_ID, "prediction_time", BOOLEAN_VALUE).equals(keys):
+            raise ValueError(f"predictions[{i}] scores other patients or labels than predictions[0]")
+    y, probs = _checked(keys[BOOLEAN_VALUE].to_numpy(), *(f[PREDICTED_PROBABILITY].to_numpy() for f in frames))
+    points = [score(y, p) for p in probs]
+    stats, redraws = _bootstrap(y, probs, keys[SUBJECT_ID].to_numpy(), n_resamples, seed)
+    out = {}
+    for m in METRICS:
+        mean_point = float(np.mean([pt[m] for pt in points]))
+        out[m] = asdict(Interval(mean_point, *_percentiles(np.mean([s[m] for s in stats], axis=0), alpha)))
+    return {
+        **out,
+        "runs": [{m: pt[m] for m in METRICS} for pt in points],
+        "n": points[0]["n"],
+        "positives": points[0]["positives"],
+        "prevalence": points[0]["prevalence"],
+        "n_resamples": n_resamples,
+        "seed": seed,
+        "alpha": alpha,
+        "one_class_redraws": redraws,
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,7 @@ def test_baseline_beats_the_positive_rate(data: Data) -> None:
     fitted = fit_baseline(data.train.X, data.train.y, data.val.X, data.val.y, config)
     assert [p.params for p in fitted.grid] == config.grid() and len(fitted.grid) == 4
     assert fitted.val_auprc == max(p.val_auprc for p in fitted.grid)
+    assert json.loads(json.dumps(fitted.summary()))["best_iteration"] == fitted.best_iteration
     assert 1 <= fitted.best_iteration < config.n_estimators  # early stopping stopped it
     p = predict(fitted, data.test.X)
     assert p.shape == (data.test.X.shape[0],) and p.dtype == np.float64 and ((p > 0) & (p < 1)).all()

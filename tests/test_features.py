@@ -375,3 +375,11 @@ def test_bad_labels_and_config(meds_root: Path) -> None:
         FeatureConfig(windows_days=(30, 0))
     with pytest.raises(ValueError, match="min_code_patients"):
         FeatureConfig(min_code_patients=0)
+
+
+def test_subject_in_two_shards_is_an_error(tmp_path: Path) -> None:
+    root = write_meds(tmp_path / "meds", RECORDS, shards=[[1, 2], [2, 3, 5]])
+    with pytest.raises(ValueError, match=r"subject_id 2 appears in several shards .*shard-0.*shard-1"):
+        fit_vocabulary(root, LABELS, ALL_ROWS)
+    with pytest.raises(ValueError, match="no rows"):
+        fit_vocabulary(root, LABELS.head(0), ALL_ROWS)

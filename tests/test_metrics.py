@@ -284,3 +284,31 @@ def test_evaluate_writes_json_ready_patient_level_metrics() -> None:
     assert (result["n"], result["positives"]) == (400, int(y.sum()))
     assert result["n_subjects"] == frame["subject_id"].n_unique() < 400  # several rows per patient
     assert (result["n_resamples"], result["seed"], result["prevalence"]) == (300, 3, y.mean())
+
+
+def test_evaluate_mean_of_one_run_is_evaluate():
+    rng = np.random.default_rng(3)
+    n = 600
+    y = rng.random(n) < 0.2
+    when = [datetime(2021, 5, 1)] * n
+    one = cm.predictions_frame(np.arange(n), when, y, np.clip(0.3 * y + 0.7 * rng.random(n), 0, 1))
+    mean = cm.evaluate_mean([one], n_resamples=300, seed=4)
+    single = cm.evaluate(one, n_resamples=300, seed=4)
+    for m in ("auprc", "auroc", "brier"):
+        assert mean[m] == single[m]
+
+
+def test_evaluate_mean_averages_runs_on_the_same_patients():
+    rng = np.random.default_rng(5)
+    n = 800
+    y = rng.random(n) < 0.15
+    when = [datetime(2021, 5, 1)] * n
+    signal = [np.clip(k * 0.2 * y + 0.6 * rng.random(n), 0, 1) for k in (1, 2, 3)]
+    runs = [cm.predictions_frame(np.arange(n), when, y, p) for p in signal]
+    result = cm.evaluate_mean(runs, n_resamples=300, seed=1)
+    assert result["auprc"]["point"] == pytest.approx(np.mean([r["auprc"] for r in result["runs"]]))
+    assert result["auprc"]["low"] < result["auprc"]["point"] < result["auprc"]["high"]
+    assert [r["auprc"] for r in result["runs"]] == sorted(r["auprc"] for r in result["runs"])  # stronger signal
+    other = cm.predictions_frame(np.arange(1, n + 1), when, y, runs[0]["predicted_boolean_probability"])
+    with pytest.raises(ValueError, match=r"predictions\[1\] scores other patients"):
+        cm.evaluate_mean([runs[0], other])
