@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from claimsutil.config import use_profile
@@ -54,7 +55,8 @@ def tiny_study(tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProces
 
 def test_repro_builds_every_output(tiny_study):
     copy, _, first = tiny_study
-    assert "Running stage 'synthesize'" in first.stdout and "Running stage 'describe'" in first.stdout
+    for stage in ("synthesize", "describe", "cohort"):
+        assert f"Running stage '{stage}'" in first.stdout
     report = validate_dataset(copy / "data" / "meds")
     assert report.ok and report.n_subjects == 3000
     summary = json.loads((copy / "data" / "metrics" / "synthesize.json").read_text())
@@ -65,6 +67,16 @@ def test_repro_builds_every_output(tiny_study):
     assert data["patients"] == 3000 and data["events"] == report.n_rows
     assert list((copy / "reports" / "data" / "figures").glob("*.png"))
     assert list((copy / "reports" / "data" / "tables").glob("*.md"))
+    # Cohorts: the four reference tasks, Table 2 and the oracle.
+    tasks = ["hypertension", "ckd", "amlodipine", "pregabalin"]
+    for task in tasks:
+        labels = pl.read_parquet(copy / "data" / "cohort" / "labels" / f"{task}.parquet")
+        assert labels.columns == ["subject_id", "prediction_time", "boolean_value"] and labels.height > 100
+    table2 = pl.read_csv(copy / "reports" / "cohort" / "table2_cohorts.csv")
+    assert table2["task"].to_list() == tasks
+    cohort = json.loads((copy / "data" / "metrics" / "cohort.json").read_text())
+    assert set(cohort) == set(tasks) and all(0 < cohort[t]["oracle"]["auprc"]["point"] <= 1 for t in tasks)
+    assert (copy / "reports" / "01_cohort.html").is_file()
 
 
 def test_second_repro_does_nothing(tiny_study):
@@ -74,7 +86,7 @@ def test_second_repro_does_nothing(tiny_study):
     metrics = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], copy, env)
     shown = json.loads(metrics.stdout)
     files = {f for workspace in shown.values() for f in workspace["data"]}
-    assert {"data/metrics/synthesize.json", "reports/data/metrics.json"} <= files
+    assert {"data/metrics/synthesize.json", "reports/data/metrics.json", "data/metrics/cohort.json"} <= files
 
 
 def test_user_meds_source_goes_through_the_same_path(tiny_study, tmp_path):
