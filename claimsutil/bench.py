@@ -115,28 +115,40 @@ def stand_in_labels(meds_root: str | Path, outcome_prefix: str = "ICD10/I10"):
     return pl.concat(parts).sort("subject_id")
 
 
+def _prepare_features_input(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
+    """Generate the dataset (unless --meds) and write the stand-in labels; runs in a child process so that
+    the memory it leaves behind does not count in the feature benchmark's peak RSS."""
+    from claimsutil.config import SynthParams
+    from claimsutil.synth import generate
+
+    root = Path(args.meds) if args.meds else work / "meds"
+    if not args.meds:
+        params = SynthParams(patients=args.patients, seed=args.seed, block_size=args.block_size,
+                             shard_size=args.shard_size, workers=args.workers)  # fmt: skip
+        print(f"generating {params.patients:,} patients (not timed): {dataclasses.asdict(params)}", flush=True)
+        generate(params, root, work / "meds_truth", progress=not args.no_progress)
+    stand_in_labels(root).write_parquet(work / "labels.parquet")
+    return root, work / "labels.parquet"
+
+
 def bench_features(args: argparse.Namespace) -> str:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
     import numpy as np
     import polars as pl
 
-    from claimsutil.config import SynthParams
     from claimsutil.features import FeatureConfig, count_features_with_stats, fit_vocabulary
-    from claimsutil.synth import generate
+    from claimsutil.meds import shard_paths
 
     work = Path(tempfile.mkdtemp(prefix="claims-bench-"))
     try:
-        if args.meds:
-            root = Path(args.meds)
-        else:
-            params = SynthParams(patients=args.patients, seed=args.seed, block_size=args.block_size,
-                                 shard_size=args.shard_size, workers=args.workers)  # fmt: skip
-            print(f"generating {params.patients:,} patients (not timed): {dataclasses.asdict(params)}")
-            root = work / "meds"
-            generate(params, root, work / "meds_truth", progress=not args.no_progress)
-        labels = stand_in_labels(root)
+        with ProcessPoolExecutor(1, mp.get_context("spawn")) as pool:
+            root, labels_path = pool.submit(_prepare_features_input, args, work).result()
+        labels = pl.read_parquet(labels_path)
         train = labels.filter(pl.Series(np.random.default_rng(args.seed).random(labels.height) < args.train_fraction))
-        print(f"labels: {labels.height:,} rows, positive rate {labels['boolean_value'].mean():.3f}; "
-              f"vocabulary fitted on {train.height:,} rows")  # fmt: skip
+        print(f"dataset: {len(shard_paths(root))} shard(s); labels: {labels.height:,} rows, positive rate "
+              f"{labels['boolean_value'].mean():.3f}; vocabulary fitted on {train.height:,} rows")  # fmt: skip
         rss_before = psutil.Process(os.getpid()).memory_info().rss / 2**20
         with PeakRSS() as rss:
             t0 = time.perf_counter()
@@ -176,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     feats.add_argument("--seed", type=int, default=20260401)
     feats.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="generator processes")
     feats.add_argument("--block-size", type=int, default=2500)
-    feats.add_argument("--shard-size", type=int, default=25_000)
+    feats.add_argument("--shard-size", type=int, default=10_000)
     feats.add_argument("--train-fraction", type=float, default=0.7, help="label rows the vocabulary is fitted on")
     feats.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
