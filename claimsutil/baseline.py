@@ -15,7 +15,7 @@ column indices back to the feature vocabulary's names.
 from __future__ import annotations
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import lightgbm as lgb
@@ -184,3 +184,114 @@ def feature_importance(fitted: FittedBaseline, names: tuple[str, ...] | list[str
         .filter(pl.col("splits") > 0)
         .sort(["gain", "feature"], descending=[True, False])
     )
+
+
+# ---------------------------------------------------------------------------------------------- the stage
+@dataclass(frozen=True)
+class BaselineStage:
+    """The baseline stage's settings: the model grid plus what is trained and how it is scored."""
+
+    model: BaselineConfig
+    full_training_set: bool = True  # also train on every training patient (natural prevalence)
+    n_resamples: int = 1000  # bootstrap resamples for the intervals
+
+
+def baseline_stage(raw: dict) -> BaselineStage:
+    """The `baseline` section of params.yaml (unknown keys fail with their name)."""
+    from claimsutil.config import build_section
+
+    raw = dict(raw)
+    full = bool(raw.pop("full_training_set", True))
+    n_resamples = int(raw.pop("n_resamples", 1000))
+    return BaselineStage(build_section(BaselineConfig, "baseline", raw), full, n_resamples)
+
+
+def _rows(labels: pl.DataFrame, X: sp.csr_matrix, ids) -> tuple[sp.csr_matrix, np.ndarray, pl.DataFrame]:
+    position = {s: i for i, s in enumerate(labels["subject_id"].to_list())}
+    idx = np.array([position[s] for s in ids], dtype=np.int64)
+    subset = labels[idx]
+    return X[idx], subset["boolean_value"].to_numpy().astype(np.int8), subset
+
+
+def run_task(meds_root, cohort_dir, task: str, features_cfg, stage: BaselineStage, out_dir) -> dict:
+    """Fit the baseline for every label budget and seed of TASK (and the full training set), predict the
+    test patients, write the predictions, and return {budget: evaluate(...)} plus the feature statistics."""
+    from pathlib import Path
+
+    from claimsutil import cohort, features, metrics
+
+    labels = cohort.read_labels(cohort_dir, task).filter(pl.col("split").is_in(["train", "validation", "test"]))
+    label_cols = labels.select("subject_id", "prediction_time", "boolean_value")
+    vocab = features.fit_vocabulary(meds_root, label_cols.filter(labels["split"] == "train"), features_cfg)
+    X, stats = features.count_features_with_stats(meds_root, label_cols, vocab)
+    split_ids = {s: labels.filter(pl.col("split") == s)["subject_id"] for s in ("train", "validation", "test")}
+    X_val, y_val, _ = _rows(label_cols, X, split_ids["validation"])
+    X_test, _, test = _rows(label_cols, X, split_ids["test"])
+    budgets = pl.read_parquet(Path(cohort_dir) / "budgets" / f"{task}.parquet")
+    samples = {
+        (str(b), int(s)): g["subject_id"] for (b, s), g in budgets.group_by("budget", "seed", maintain_order=True)
+    }
+    if stage.full_training_set:
+        samples[("full", 0)] = split_ids["train"]
+    out = Path(out_dir) / task
+    results, runs = {}, {}
+    for (budget, seed), ids in sorted(samples.items(), key=lambda kv: (kv[0][0] == "full", kv[0])):
+        X_train, y_train, _ = _rows(label_cols, X, ids)
+        fitted = fit_baseline(X_train, y_train, X_val, y_val, replace(stage.model, seed=stage.model.seed + seed))
+        frame = metrics.predictions_frame(
+            test["subject_id"], test["prediction_time"], test["boolean_value"], predict(fitted, X_test)
+        )
+        metrics.write_predictions(frame, out / f"budget-{budget}_seed-{seed}.parquet")
+        runs.setdefault(budget, []).append(frame)
+    for budget in sorted(runs, key=lambda b: (b == "full", int(b) if b != "full" else 0)):
+        results[budget] = metrics.evaluate_mean(runs[budget], n_resamples=stage.n_resamples, seed=stage.model.seed)
+    return {"results": results, "features": {**stats.__dict__, "columns": vocab.n_columns}}
+
+
+def results_table(results: dict[str, dict], oracle: dict[str, dict] | None = None) -> pl.DataFrame:
+    """One row per task x budget: AUPRC / AUROC / Brier with 95% intervals, prevalence, oracle AUPRC."""
+    rows = []
+    for task, by_budget in results.items():
+        for budget, r in by_budget["results"].items():
+            row = {"task": task, "budget": budget, "runs": len(r["runs"]), "test_patients": r["n"],
+                   "test_positives": r["positives"], "prevalence": r["prevalence"]}  # fmt: skip
+            for m in ("auprc", "auroc", "brier"):
+                row |= {m: r[m]["point"], f"{m}_low": r[m]["low"], f"{m}_high": r[m]["high"]}
+            if oracle and task in oracle:
+                row |= {"oracle_auprc": oracle[task]["auprc"]["point"], "oracle_auroc": oracle[task]["auroc"]["point"]}
+            rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def plot_results(table: pl.DataFrame):
+    """AUPRC against the label budget, one panel per task, with 95% intervals, the test prevalence and the
+    oracle as reference lines."""
+    import matplotlib.pyplot as plt
+
+    tasks = table["task"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        t = table.filter(pl.col("task") == task)
+        x = np.arange(t.height)
+        err = np.vstack([t["auprc"] - t["auprc_low"], t["auprc_high"] - t["auprc"]])
+        ax.errorbar(x, t["auprc"], yerr=err, fmt="o-", capsize=3, label="LightGBM")
+        ax.axhline(t["prevalence"][0], color="grey", ls=":", label="positive rate")
+        if "oracle_auprc" in t.columns and t["oracle_auprc"][0] is not None:
+            ax.axhline(t["oracle_auprc"][0], color="black", ls="--", label="oracle")
+        ax.set_xticks(x, t["budget"].to_list())
+        ax.set_title(task)
+        ax.set_xlabel("labelled patients")
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("test AUPRC")
+    axes[0][-1].legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def metrics_summary(results: dict[str, dict]) -> dict:
+    """The stage's DVC metrics: per task and budget the point and interval of each metric."""
+    keep = ("auprc", "auroc", "brier")
+    return {
+        task: {budget: {m: r[m] for m in keep} for budget, r in entry["results"].items()}
+        for task, entry in results.items()
+    }

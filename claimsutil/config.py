@@ -157,6 +157,8 @@ class StudyParams:
     describe: DescribeParams
     cohort: CohortParams = dataclasses.field(default_factory=lambda: CohortParams())
     tasks: tuple[TaskSpec, ...] = ()
+    features: dict = dataclasses.field(default_factory=dict)  # claimsutil.features.feature_config() reads it
+    baseline: dict = dataclasses.field(default_factory=dict)  # claimsutil.baseline.baseline_params() reads it
 
     def task(self, name: str) -> TaskSpec:
         for spec in self.tasks:
@@ -174,7 +176,8 @@ def _require(ok: bool, key: str, value: Any, why: str) -> None:
         raise ParamsError(f"{PARAMS_FILE}: {key} = {value!r} {why}")
 
 
-def _build(cls: type, section: str, raw: Any) -> Any:
+def build_section(cls: type, section: str, raw: Any) -> Any:
+    """A params.yaml section as dataclass CLS: unknown keys and mistyped values fail with the key and value."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -206,14 +209,16 @@ def load_params(path: str | Path | None = None) -> StudyParams:
     path = Path(path) if path is not None else root_path(PARAMS_FILE)
     with open(path, encoding="utf-8") as f:
         raw = yaml.safe_load(f) or {}
-    cohort = _build(CohortParams, "cohort", raw.get("cohort"))
+    cohort = build_section(CohortParams, "cohort", raw.get("cohort"))
     return StudyParams(
         profile=str(raw.get("profile", "custom")),
-        data=_build(DataParams, "data", raw.get("data")),
-        synth=_build(SynthParams, "synth", raw.get("synth")),
-        describe=_build(DescribeParams, "describe", raw.get("describe")),
+        data=build_section(DataParams, "data", raw.get("data")),
+        synth=build_section(SynthParams, "synth", raw.get("synth")),
+        describe=build_section(DescribeParams, "describe", raw.get("describe")),
         cohort=cohort,
         tasks=_tasks(raw.get("tasks"), cohort),
+        features=dict(raw.get("features") or {}),
+        baseline=dict(raw.get("baseline") or {}),
     )
 
 

@@ -488,3 +488,10 @@ def count_features(
     if stats.rows_without_data:
         log.warning("count_features: %d label rows have no records in %s", stats.rows_without_data, meds_root)
     return matrix
+
+
+def feature_config(raw: dict) -> FeatureConfig:
+    """The `features` section of params.yaml as a FeatureConfig (unknown keys fail with their name)."""
+    from claimsutil.config import build_section
+
+    return build_section(FeatureConfig, "features", raw)
