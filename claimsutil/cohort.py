@@ -1,18 +1,19 @@
 """Task definitions -> labels, patient-level splits, label budgets, Table 2 and the oracle ceiling.
 
-A task (params.yaml `tasks`) predicts, at an index date, whether a first outcome record occurs within the
+A task (params.yaml `tasks`) predicts, right after a visit, whether a first outcome record occurs within the
 horizon. Per patient and task:
 
-1. Candidate index dates are the patient's receipts (distinct times of clinical events) with at least
-   `min_prior_days` of continuous coverage before them, and a whole horizon before the end of the data.
-   None -> excluded, "insufficient_observation".
-2. Washout: candidates after an outcome record (confirmed, plus suspected-only ones when
-   `washout_suspected`) are dropped. None left -> excluded, "prior_outcome".
-3. One candidate is drawn at random, seeded per (seed, task, patient): the same patient gets the same
-   index whatever the sharding. The prediction time is one microsecond before that receipt, so the MEDS
-   rule "data up to and including prediction_time" means strictly before the index receipt.
-4. Label: an outcome record in [index, index + horizon). No outcome and coverage ending (insurance change,
-   death) before the horizon ends -> excluded, "censored".
+1. Candidate index receipts (distinct times of clinical events) have at least `min_prior_days` of
+   continuous coverage before them and a whole horizon before the end of the data. None -> excluded,
+   "insufficient_observation".
+2. One candidate is drawn at random, seeded per (seed, task, patient): the same patient gets the same index
+   whatever the sharding. The draw looks only at the past, never at when the outcome happens.
+3. The prediction time is the midnight after the index receipt: models see every record up to and including
+   the index visit (for MEDS, "up to and including prediction_time"; for our features, "strictly before").
+4. Washout: an outcome record (confirmed, plus suspected-only ones when `washout_suspected`) before the
+   prediction time -> excluded, "prior_outcome".
+5. Label: an outcome record in [prediction time, prediction time + horizon). No outcome and coverage ending
+   (insurance change, death) before the horizon ends -> excluded, "censored".
 
 Coverage comes from COVERAGE/START and COVERAGE/END events; a subject without them (a user's data) is
 taken as covered from the first to the day after the last of their clinical events.
@@ -34,7 +35,7 @@ from claimsutil.meds import CERTAINTY_COLUMN, COVERAGE_END, COVERAGE_START, SUSP
 NON_CLINICAL = ("MEDS_BIRTH", "MEDS_DEATH", COVERAGE_START, COVERAGE_END)
 EXCLUSIONS = ("insufficient_observation", "prior_outcome", "censored")
 SPLITS = ("train", "validation", "test", "held_out_hospital")
-ONE_US = dt.timedelta(microseconds=1)
+ONE_DAY = dt.timedelta(days=1)
 
 
 class CohortError(ValueError):
@@ -140,40 +141,38 @@ def _located_receipts(lf: pl.LazyFrame) -> pl.DataFrame:
 def _shard_cohort(
     lf: pl.LazyFrame, located: pl.DataFrame, subjects: pl.DataFrame, spec: TaskSpec, seed: int, end_of_data
 ) -> TaskCohort:
-    observed = located.filter(
+    horizon = dt.timedelta(days=spec.horizon_days)
+    prediction_time = pl.col("time").dt.truncate("1d") + ONE_DAY  # the midnight after the index receipt
+    observed = located.with_columns(prediction_time=prediction_time).filter(
         (pl.col("time") - pl.col("start") >= dt.timedelta(days=spec.min_prior_days))
-        & (pl.col("time") + dt.timedelta(days=spec.horizon_days) <= end_of_data)
+        & (pl.col("prediction_time") + horizon <= end_of_data)
     )
-    first = _first_outcomes(lf, spec).collect()
-    limit = pl.min_horizontal("first_outcome", "first_any") if spec.washout_suspected else pl.col("first_outcome")
+    # The index is drawn among receipts that qualify on the past alone: drawing only among receipts before the
+    # outcome would let the future choose the index.
     candidates = (
-        observed.join(first, on="subject_id", how="left")
-        .filter(limit.is_null() | (pl.col("time") <= limit))
+        observed.join(_first_outcomes(lf, spec).collect(), on="subject_id", how="left")
         .sort("subject_id", "time")
         .with_columns(rank=pl.int_range(pl.len()).over("subject_id"), n=pl.len().over("subject_id"))
     )
     pick = np.floor(uniform_hash(candidates["subject_id"].to_numpy(), seed, task_key(spec.name)) * candidates["n"])
-    horizon_end = pl.col("time") + dt.timedelta(days=spec.horizon_days)
+    washout = pl.min_horizontal("first_outcome", "first_any") if spec.washout_suspected else pl.col("first_outcome")
+    horizon_end = pl.col("prediction_time") + horizon
     chosen = candidates.filter(pl.Series(pick.to_numpy() == candidates["rank"].to_numpy())).with_columns(
-        positive=pl.col("first_outcome").is_not_null() & (pl.col("first_outcome") < horizon_end),
+        prior=(washout < pl.col("prediction_time")).fill_null(False),
+        positive=(pl.col("first_outcome") < horizon_end).fill_null(False),
         censored=pl.col("end") < horizon_end,
     )
-    labels = chosen.filter(pl.col("positive") | ~pl.col("censored")).select(
-        "subject_id", prediction_time=pl.col("time") - ONE_US, boolean_value="positive"
+    labels = chosen.filter(~pl.col("prior") & (pl.col("positive") | ~pl.col("censored"))).select(
+        "subject_id", "prediction_time", boolean_value="positive"
     )
-    censored = pl.col("censored") & ~pl.col("positive")
-    known = pl.concat(
-        [
-            chosen.select(
-                "subject_id", status=pl.when(censored).then(pl.lit("censored")).otherwise(pl.lit("included"))
-            ),
-            observed.select("subject_id")
-            .unique()
-            .join(chosen.select("subject_id"), on="subject_id", how="anti")
-            .with_columns(status=pl.lit("prior_outcome")),
-        ]
+    status = (
+        pl.when(pl.col("prior"))
+        .then(pl.lit("prior_outcome"))
+        .when(pl.col("censored") & ~pl.col("positive"))
+        .then(pl.lit("censored"))
+        .otherwise(pl.lit("included"))
     )
-    status = subjects.join(known, on="subject_id", how="left").with_columns(
+    status = subjects.join(chosen.select("subject_id", status=status), on="subject_id", how="left").with_columns(
         pl.col("status").fill_null("insufficient_observation")
     )
     return TaskCohort(spec, labels.sort("subject_id"), status.sort("subject_id"))
@@ -319,37 +318,6 @@ def table2(cohorts: dict[str, TaskCohort], splits: pl.DataFrame) -> pl.DataFrame
     )  # fmt: skip
 
 
-# ---------------------------------------------------------------------------------------------- oracle
-def oracle_probabilities(truth_dir: str | Path, labels: pl.DataFrame, column: str, horizon_days: int) -> pl.DataFrame:
-    """The oracle: P(outcome within the horizon) implied by the patient's true state at the index month.
-
-    The generator records, per covered month, the probability of the outcome event that month given the
-    state at the start of the month (latent factors, present but undiagnosed conditions, treatment). The
-    oracle holds the index month's probability p for the horizon: 1 - (1 - p)^months. It uses nothing that
-    happens after the index, so it is a ceiling for models that see the records, not a look into the future.
-    Only data from the built-in generator has this. Columns: subject_id, prediction_time, probability.
-    """
-    months = horizon_days / 30.4375
-    want = labels.select(
-        "subject_id", "prediction_time", month=(pl.col("prediction_time") + ONE_US).dt.month_start().dt.date()
-    )
-    paths = sorted((Path(truth_dir) / "hazards").glob("*.parquet"))
-    if not paths:
-        raise FileNotFoundError(f"{truth_dir}/hazards: no ground-truth hazards (the oracle needs synthetic data)")
-    hazards = pl.scan_parquet(paths).select("subject_id", "month", pl.col(column).alias("p"))
-    at_index = hazards.join(want.lazy().select("subject_id", "month"), on=["subject_id", "month"]).collect()
-    out = want.join(at_index, on=["subject_id", "month"], how="left")
-    missing = out["p"].null_count()
-    if missing:
-        example = out.filter(pl.col("p").is_null()).row(0, named=True)
-        raise CohortError(
-            f"{truth_dir}/hazards: {missing} labelled patient(s) have no ground-truth row for their index month "
-            f"(e.g. month {example['month']}); the truth does not belong to this dataset"
-        )
-    probability = 1.0 - (1.0 - pl.col("p").clip(0.0, 1.0)) ** months
-    return out.select("subject_id", "prediction_time", probability=probability)
-
-
 # ---------------------------------------------------------------------------------------------- outputs
 def write_cohort(
     out_dir: str | Path, cohorts: dict[str, TaskCohort], splits: pl.DataFrame, budgets: dict[str, pl.DataFrame]
@@ -378,18 +346,22 @@ def read_labels(cohort_dir: str | Path, task: str, split: str | None = None) -> 
     return labels.filter(pl.col("split") == split) if split else labels
 
 
-def oracle_predictions(truth_dir: str | Path, cohorts: dict[str, TaskCohort], splits: pl.DataFrame) -> dict:
-    """Test-split predictions of the oracle for every task that names a ground-truth column; {} without truth."""
+def oracle_predictions(
+    truth_dir: str | Path, cohorts: dict[str, TaskCohort], splits: pl.DataFrame, replicates: int, seed: int
+) -> dict:
+    """Test-split predictions of the oracle (the generator replayed from each patient's true state at the
+    index, `claimsutil.synth.oracle`) for every task; {} when there is no ground truth (user data)."""
     from claimsutil.metrics import predictions_frame
+    from claimsutil.synth.oracle import outcome_probabilities
 
     if not (Path(truth_dir) / "hazards").is_dir():
         return {}
     out = {}
     for name, c in cohorts.items():
-        if not c.spec.oracle:
-            continue
         test = c.labels.join(splits.filter(pl.col("split") == "test"), on="subject_id")
-        probs = oracle_probabilities(truth_dir, test, c.spec.oracle, c.spec.horizon_days)
+        probs = outcome_probabilities(
+            truth_dir, test, c.spec.outcome, c.spec.horizon_days, c.spec.suspected == "include", replicates, seed
+        )
         joined = test.join(probs.select("subject_id", "probability"), on="subject_id")
         out[name] = predictions_frame(
             joined["subject_id"], joined["prediction_time"], joined["boolean_value"], joined["probability"]
@@ -408,7 +380,6 @@ def task_table(specs: tuple[TaskSpec, ...]) -> pl.DataFrame:
                 "min_prior_days": s.min_prior_days,
                 "suspected": s.suspected,
                 "washout_suspected": s.washout_suspected,
-                "oracle": s.oracle or "",
             }  # fmt: skip
             for s in specs
         ]

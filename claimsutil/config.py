@@ -104,6 +104,7 @@ class CohortParams:
     budgets: tuple[int, ...] = (100, 500, 1000)  # labelled patients per balanced sample
     budget_seeds: int = 3  # samples per budget
     min_positives: int = 10  # fewer positives than this in any split stops the cohort stage
+    oracle_replicates: int = 200  # simulated futures per test patient for the oracle ceiling
 
     def __post_init__(self) -> None:
         _require(set(self.split) == {"train", "validation", "test"}, "cohort.split", self.split,
@@ -128,7 +129,6 @@ class TaskSpec:
     min_prior_days: int  # coverage required before the index date
     suspected: str = "exclude"  # "exclude": only confirmed diagnoses are outcomes; "include": suspected too
     washout_suspected: bool = False  # a suspected-only record before the index also excludes the patient
-    oracle: str | None = None  # ground-truth column of the synthetic data giving its monthly probability
 
     def __post_init__(self) -> None:
         key = f"tasks.{self.name}"
@@ -138,15 +138,6 @@ class TaskSpec:
                  "must be 'exclude' or 'include'")  # fmt: skip
         _require(self.horizon_days >= 1, f"{key}.horizon_days", self.horizon_days, "must be >= 1")
         _require(self.min_prior_days >= 0, f"{key}.min_prior_days", self.min_prior_days, "must be >= 0")
-
-
-# Ground-truth columns of the built-in generator for the reference tasks (used when a task names none).
-DEFAULT_ORACLES = {
-    "hypertension": "record_hazard_hypertension",
-    "ckd": "record_hazard_ckd",
-    "amlodipine": "rx_hazard_amlodipine",
-    "pregabalin": "rx_hazard_pregabalin",
-}
 
 
 @dataclass(frozen=True)
@@ -227,7 +218,7 @@ def _tasks(raw: Any, cohort: CohortParams) -> tuple[TaskSpec, ...]:
         return ()
     if not isinstance(raw, dict):
         raise ParamsError(f"{PARAMS_FILE}: tasks must be a mapping of task name -> settings, got {raw!r}")
-    allowed = {"outcome", "horizon_days", "min_prior_days", "suspected", "washout_suspected", "oracle"}
+    allowed = {"outcome", "horizon_days", "min_prior_days", "suspected", "washout_suspected"}
     specs = []
     for name, body in raw.items():
         if not isinstance(body, dict) or "outcome" not in body:
@@ -244,7 +235,6 @@ def _tasks(raw: Any, cohort: CohortParams) -> tuple[TaskSpec, ...]:
                 min_prior_days=int(body.get("min_prior_days", cohort.min_prior_days)),
                 suspected=str(body.get("suspected", "exclude")),
                 washout_suspected=bool(body.get("washout_suspected", False)),
-                oracle=body.get("oracle", DEFAULT_ORACLES.get(str(name))),
             )
         )
     return tuple(specs)

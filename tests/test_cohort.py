@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import meds
-import numpy as np
 import polars as pl
 import pytest
 
@@ -56,21 +56,20 @@ def visit(sid: int, when: str, code: str = "ICD10/J06.9", suspected: bool = Fals
 
 @pytest.fixture
 def timelines(tmp_path) -> Path:
-    a = [*covered(1, "2020-01-01"), visit(1, "2021-01-01"), visit(1, "2021-12-31", "ICD10/I10")]
-    b = [*covered(2, "2020-01-01"), visit(2, "2022-01-01"), visit(2, "2023-01-02", "ICD10/I10")]  # index + 366
-    c = [*covered(3, "2020-01-01"), visit(3, "2022-01-02"), visit(3, "2023-01-02", "ICD10/I10")]  # index + 365
-    dd = [*covered(4, "2020-01-01"), visit(4, "2022-01-03"), visit(4, "2023-01-02", "ICD10/I10")]  # index + 364
-    e = [*covered(5, "2021-06-01"), visit(5, "2021-07-01"), visit(5, "2022-01-01")]  # never 365 days covered
-    f = [*covered(6, "2019-01-01"), visit(6, "2019-06-01", "ICD10/I10"), visit(6, "2020-06-01")]  # prior outcome
-    g = [*covered(7, "2020-01-01", "2022-05-01", "insurance_change"), visit(7, "2021-06-01")]  # censored
-    g2 = [*covered(8, "2020-01-01", "2022-05-01", "insurance_change"), visit(8, "2021-06-01"),
-          visit(8, "2022-03-01", "ICD10/I10")]  # fmt: skip
-    h = [*covered(9, "2020-01-01"), visit(9, "2022-01-01"), visit(9, "2022-06-01", "ICD10/I10", suspected=True)]
-    i = [*covered(10, "2020-01-01"), visit(10, "2020-06-01", "ICD10/I10", suspected=True), visit(10, "2022-01-01")]
-    j = [(11, d("1950-01-01"), "MEDS_BIRTH"), visit(11, "2020-01-01"), visit(11, "2021-01-05"),
-         visit(11, "2023-06-01")]  # no coverage events: covered from first to last event  # fmt: skip
-    k = [(12, None, "GENDER/F"), (12, d("1950-01-01"), "MEDS_BIRTH")]  # no clinical event at all
-    return write_shards(tmp_path / "meds", [a + b + c + dd + e + f, g + g2 + h + i + j + k])
+    """Each patient has at most one candidate index receipt (receipts from 2023-01-01 on leave less than a
+    horizon before the end of the data), so every label is known exactly."""
+    p1 = [*covered(1, "2020-01-01"), visit(1, "2022-01-05"), visit(1, "2023-01-05", "ICD10/I10")]  # pt + 364 d
+    p2 = [*covered(2, "2020-01-01"), visit(2, "2022-01-05"), visit(2, "2023-01-06", "ICD10/I10")]  # pt + 365 d
+    p4 = [*covered(4, "2020-01-01"), visit(4, "2022-01-05"), visit(4, "2022-01-05", "ICD10/I10")]  # at the index
+    p5 = [*covered(5, "2021-06-01"), visit(5, "2021-07-01"), visit(5, "2022-01-01")]  # never 365 days covered
+    p6 = [*covered(6, "2019-01-01"), visit(6, "2019-06-01", "ICD10/I10"), visit(6, "2020-06-01")]  # prior outcome
+    p7 = [*covered(7, "2020-01-01", "2022-05-01", "insurance_change"), visit(7, "2021-06-01")]  # censored
+    p9 = [*covered(9, "2020-01-01"), visit(9, "2022-01-05"), visit(9, "2023-01-05", "ICD10/I10", suspected=True)]
+    p10 = [*covered(10, "2020-01-01"), visit(10, "2020-06-01", "ICD10/I10", suspected=True), visit(10, "2022-01-05")]
+    p11 = [(11, d("1950-01-01"), "MEDS_BIRTH"), visit(11, "2020-01-01"), visit(11, "2021-01-05"),
+           visit(11, "2023-06-01")]  # no coverage events: covered from the first to the last event  # fmt: skip
+    p12 = [(12, None, "GENDER/F"), (12, d("1950-01-01"), "MEDS_BIRTH")]  # no clinical event at all
+    return write_shards(tmp_path / "meds", [p1 + p2 + p4 + p5 + p6, p7 + p9 + p10 + p11 + p12])
 
 
 def _by_subject(c: co.TaskCohort) -> tuple[dict, dict]:
@@ -83,17 +82,13 @@ def test_labels_on_hand_built_timelines(timelines):
     c = co.build_tasks(timelines, (HTN,), seed=1)["hypertension"]
     labels, status = _by_subject(c)
     assert status == {
-        1: "included", 2: "included", 3: "included", 4: "included", 5: "insufficient_observation",
-        6: "prior_outcome", 7: "censored", 8: "included", 9: "included", 10: "included", 11: "included",
-        12: "insufficient_observation",
+        1: "included", 2: "included", 4: "prior_outcome", 5: "insufficient_observation", 6: "prior_outcome",
+        7: "censored", 9: "included", 10: "included", 11: "included", 12: "insufficient_observation",
     }  # fmt: skip
-    expected = {1: True, 2: False, 3: False, 4: True, 8: True, 9: False, 10: False, 11: False}
-    assert {s: r["boolean_value"] for s, r in labels.items()} == expected
-    # The prediction time is one microsecond before the index receipt: models see strictly earlier records.
-    assert labels[2]["prediction_time"] == d("2022-01-01") - dt.timedelta(microseconds=1)
-    assert labels[3]["prediction_time"] == d("2022-01-02") - dt.timedelta(microseconds=1)
-    assert labels[1]["prediction_time"] + dt.timedelta(microseconds=1) in (d("2021-01-01"), d("2021-12-31"))
-    assert labels[11]["prediction_time"] + dt.timedelta(microseconds=1) == d("2021-01-05")
+    assert {s: r["boolean_value"] for s, r in labels.items()} == {1: True, 2: False, 9: False, 10: False, 11: False}
+    # The prediction time is the midnight after the index receipt: the index visit is visible to models.
+    assert labels[1]["prediction_time"] == d("2022-01-06")
+    assert labels[11]["prediction_time"] == d("2021-01-06")
     meds.LabelSchema.validate(c.labels.to_arrow())
 
 
@@ -103,8 +98,8 @@ def test_suspected_outcomes_and_suspected_washout(timelines):
     assert labels[9]["boolean_value"] is True  # a suspected record counts as the outcome
     washout = dataclasses.replace(HTN, washout_suspected=True)
     labels, status = _by_subject(co.build_tasks(timelines, (washout,), seed=1)["hypertension"])
-    assert status[10] == "prior_outcome" and 10 not in labels  # suspected-only record before every candidate
-    assert status[9] == "included"  # the suspected record is itself a candidate index: nothing before it
+    assert status[10] == "prior_outcome" and 10 not in labels  # a suspected-only record before the index
+    assert status[9] == "included" and labels[9]["boolean_value"] is False
 
 
 def test_index_choice_is_seeded_and_independent_of_sharding(timelines, tmp_path):
@@ -120,15 +115,15 @@ def test_index_choice_is_seeded_and_independent_of_sharding(timelines, tmp_path)
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cohort_synth") / "meds"
-    generate(SynthParams(patients=4000, seed=5, block_size=1000, shard_size=2000, workers=1), out,
+    generate(SynthParams(patients=12000, seed=5, block_size=2000, shard_size=6000, workers=2), out,
              out.with_name("meds_truth"), progress=False)  # fmt: skip
     return out
 
 
 TASKS = (
     HTN,
-    TaskSpec("ckd", ("ICD10/N18",), 365, 365, oracle="record_hazard_ckd"),
-    TaskSpec("amlodipine", ("YJ/2171022",), 365, 365, oracle="rx_hazard_amlodipine"),
+    TaskSpec("ckd", ("ICD10/N18",), 365, 365),
+    TaskSpec("amlodipine", ("YJ/2171022",), 365, 365),
 )
 
 
@@ -138,16 +133,16 @@ def test_labels_obey_the_definition_on_generator_data(generated):
     events = pl.read_parquet(shard_paths(generated))
     for spec in TASKS:
         c = co.build_tasks(generated, (spec,), seed=3)[spec.name]
-        assert c.status.height == 4000 and c.labels.height == (c.status["status"] == "included").sum()
-        idx = c.labels.with_columns(index=pl.col("prediction_time") + dt.timedelta(microseconds=1))
+        assert c.status.height == 12000 and c.labels.height == (c.status["status"] == "included").sum()
+        idx = c.labels.with_columns(index=pl.col("prediction_time") - dt.timedelta(days=1))  # receipts at 00:00
         hit = pl.any_horizontal([pl.col("code").str.starts_with(p) for p in spec.outcome])
         outcome = events.filter(hit & pl.col("diagnosis_certainty").is_null()).select("subject_id", o="time")
         joined = idx.join(outcome, on="subject_id", how="left")
-        assert joined.filter(pl.col("o") < pl.col("index")).height == 0  # washout
+        assert joined.filter(pl.col("o") < pl.col("prediction_time")).height == 0  # washout
         horizon = dt.timedelta(days=spec.horizon_days)
         within = joined.group_by("subject_id").agg(
             label=pl.col("boolean_value").first(),
-            hit=((pl.col("o") >= pl.col("index")) & (pl.col("o") < pl.col("index") + horizon)).any(),
+            hit=(pl.col("o") < pl.col("prediction_time") + horizon).any(),
         )
         assert (within["label"] == within["hit"]).all()
         receipts = events.filter(pl.col("time").is_not_null()).select("subject_id", index="time").unique()
@@ -155,14 +150,14 @@ def test_labels_obey_the_definition_on_generator_data(generated):
         starts = events.filter(pl.col("code") == "COVERAGE/START").select("subject_id", s="time")
         observed = idx.join(starts, on="subject_id").filter(pl.col("s") <= pl.col("index") - dt.timedelta(days=365))
         assert observed["subject_id"].n_unique() == idx.height
-        assert 0.01 < c.labels["boolean_value"].mean() < 0.3
+        assert 0.005 < c.labels["boolean_value"].mean() < 0.1
 
 
 def test_splits_are_patient_level_and_disjoint(generated):
     hospitals = co.subject_hospitals(generated)
     params = CohortParams(held_out_hospitals=3)
     splits = co.assign_splits(hospitals, params)
-    assert splits.height == 4000 and splits["subject_id"].n_unique() == 4000
+    assert splits.height == 12000 and splits["subject_id"].n_unique() == 12000
     assert set(splits["split"]) == set(co.SPLITS)
     held = splits.filter(pl.col("split") == "held_out_hospital")["hospital"].unique()
     assert held.len() == 3
@@ -204,7 +199,7 @@ def test_table2_accounts_for_every_patient(generated):
     table = co.table2(cohorts, splits)
     for row in table.iter_rows(named=True):
         excluded = sum(row[f"excluded_{r}"] for r in co.EXCLUSIONS)
-        assert row["eligible"] + excluded == row["patients"] == 4000
+        assert row["eligible"] + excluded == row["patients"] == 12000
         assert sum(row[f"{s}_patients"] for s in co.SPLITS) == row["eligible"]
         assert sum(row[f"{s}_positives"] for s in co.SPLITS) == row["positives"]
         assert row["positive_rate"] == pytest.approx(row["positives"] / row["eligible"])
@@ -222,31 +217,38 @@ def test_tasks_that_cannot_be_evaluated_stop_clearly(generated):
         co.check_task(generated, c, splits, 1000)
 
 
-def test_oracle_is_informative_and_uses_no_future(generated):
-    truth = generated.with_name("meds_truth")
-    spec = TASKS[1]
-    c = co.build_tasks(generated, (spec,), seed=3)[spec.name]
-    probs = co.oracle_probabilities(truth, c.labels, spec.oracle, spec.horizon_days).join(
-        c.labels.select("subject_id", "boolean_value"), on="subject_id"
-    )
-    assert probs.height == c.labels.height and probs["probability"].is_between(0, 1).all()
+def test_oracle_is_calibrated_deterministic_and_uses_no_future(generated):
+    """The replayed oracle predicts as many outcomes as occur, ranks well, and reads nothing after the index."""
     from sklearn.metrics import roc_auc_score
 
-    assert roc_auc_score(probs["boolean_value"], probs["probability"]) > 0.8
-    # Changing the truth after the index month changes nothing.
+    from claimsutil.synth.oracle import outcome_probabilities
+
+    truth = generated.with_name("meds_truth")
+    spec = TASKS[2]
+    labels = co.build_tasks(generated, (spec,), seed=3)[spec.name].labels
+    probs = outcome_probabilities(truth, labels, spec.outcome, spec.horizon_days, replicates=40, seed=1)
+    probs = probs.join(labels.select("subject_id", "boolean_value"), on="subject_id")
+    assert probs.height == labels.height and probs["probability"].is_between(0, 1).all()
+    expected, observed = probs["probability"].sum(), probs["boolean_value"].sum()
+    assert abs(expected - observed) / observed < 0.25, (expected, observed)
+    assert roc_auc_score(probs["boolean_value"], probs["probability"]) > 0.75
+    subset = labels.head(300)
+    again = outcome_probabilities(truth, subset, spec.outcome, spec.horizon_days, replicates=40, seed=1)
+    # Rewriting the truth after each patient's index month changes nothing.
     hazards = pl.read_parquet(sorted((truth / "hazards").glob("*.parquet")))
-    index_month = c.labels.select(
-        "subject_id", m=(pl.col("prediction_time") + dt.timedelta(microseconds=1)).dt.month_start().dt.date()
+    index_month = subset.select(
+        "subject_id", m=(pl.col("prediction_time") - dt.timedelta(days=1)).dt.month_start().dt.date()
     )
-    later = (
-        hazards.join(index_month, on="subject_id", how="left")
-        .with_columns(
-            pl.when(pl.col("month") > pl.col("m")).then(1.0).otherwise(pl.col(spec.oracle)).alias(spec.oracle)
-        )
-        .drop("m")
-    )
+    later = hazards.join(index_month, on="subject_id", how="inner").filter(pl.col("month") > pl.col("m")).drop("m")
+    kept = hazards.join(later.select("subject_id", "month"), on=["subject_id", "month"], how="anti")
     altered = truth.with_name("altered")
-    (altered / "hazards").mkdir(parents=True)
-    later.write_parquet(altered / "hazards" / "all.parquet")
-    again = co.oracle_probabilities(altered, c.labels, spec.oracle, spec.horizon_days)
-    assert np.allclose(again.sort("subject_id")["probability"], probs.sort("subject_id")["probability"])
+    shutil.copytree(truth, altered)
+    for f in (altered / "hazards").glob("*.parquet"):
+        f.unlink()
+    pl.concat([kept, later.with_columns(has_bits=pl.lit(-1, pl.Int32), dx_bits=pl.lit(-1, pl.Int32))]).write_parquet(
+        altered / "hazards" / "all.parquet"
+    )
+    changed = outcome_probabilities(altered, subset, spec.outcome, spec.horizon_days, replicates=40, seed=1)
+    assert changed.equals(again)
+    twice = outcome_probabilities(truth, subset, spec.outcome, spec.horizon_days, replicates=40, seed=1)
+    assert twice.equals(again)  # same patients and seed, same numbers

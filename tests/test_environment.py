@@ -72,7 +72,7 @@ def test_use_profile_rewrites_only_profile_keys(project):
     changed = use_profile("tiny", project)
     assert "synth.patients" in changed
     params = load_params(project / "params.yaml")
-    assert params.profile == "tiny" and params.synth.patients == 3000
+    assert params.profile == "tiny" and params.synth.patients == 8000
     text = (project / "params.yaml").read_text()
     assert "# Every knob the study has" in text  # comments survive
     use_profile("demo", project)
@@ -83,12 +83,12 @@ def test_bad_params_name_key_and_value(project):
     with pytest.raises(ParamsError, match="unknown profile 'huge'"):
         use_profile("huge", project)
     text = (project / "params.yaml").read_text()
-    (project / "params.yaml").write_text(text.replace("shard_size: 10000", "shard_size: 1500"))
+    (project / "params.yaml").write_text(text.replace("shard_size: 32500", "shard_size: 1500"))
     with pytest.raises(ParamsError, match=r"synth.shard_size = 1500 must be a positive multiple"):
         load_params(project / "params.yaml")
     (project / "params.yaml").write_text(text.replace("hospitals: 32", "hospitals: 32\n  hospital: 3"))
     with pytest.raises(ParamsError, match=r"unknown key\(s\) \['hospital'\] in section 'synth'"):
         load_params(project / "params.yaml")
-    (project / "params.yaml").write_text(text.replace("patients: 40000", "patients: many"))
+    (project / "params.yaml").write_text(text.replace("patients: 130000", "patients: many"))
     with pytest.raises(ParamsError, match="synth.patients = 'many' must be of type int"):
         load_params(project / "params.yaml")

@@ -58,13 +58,13 @@ def test_repro_builds_every_output(tiny_study):
     for stage in ("synthesize", "describe", "cohort"):
         assert f"Running stage '{stage}'" in first.stdout
     report = validate_dataset(copy / "data" / "meds")
-    assert report.ok and report.n_subjects == 3000
+    assert report.ok and report.n_subjects == 8000
     summary = json.loads((copy / "data" / "metrics" / "synthesize.json").read_text())
-    assert summary["source"] == "synthetic" and summary["patients"] == 3000 and summary["events"] == report.n_rows
+    assert summary["source"] == "synthetic" and summary["patients"] == 8000 and summary["events"] == report.n_rows
     assert (copy / "data" / "meds_truth" / "generator.json").is_file()
     assert (copy / "reports" / "00_data.html").stat().st_size > 50_000
     data = json.loads((copy / "reports" / "data" / "metrics.json").read_text())
-    assert data["patients"] == 3000 and data["events"] == report.n_rows
+    assert data["patients"] == 8000 and data["events"] == report.n_rows
     assert list((copy / "reports" / "data" / "figures").glob("*.png"))
     assert list((copy / "reports" / "data" / "tables").glob("*.md"))
     # Cohorts: the four reference tasks, Table 2 and the oracle.
@@ -101,7 +101,7 @@ def test_user_meds_source_goes_through_the_same_path(tiny_study, tmp_path):
         run = _run([sys.executable, "-m", "dvc", "repro", "synthesize"], copy, env)
         assert "imported" in run.stdout
         summary = json.loads((copy / "data" / "metrics" / "synthesize.json").read_text())
-        assert summary["source"] == str(user) and summary["patients"] == 3000
+        assert summary["source"] == str(user) and summary["patients"] == 8000
         (user / "data" / "shard-00000.parquet").write_bytes(b"not parquet")
         broken = subprocess.run(
             [sys.executable, "-m", "dvc", "repro", "-f", "synthesize"],

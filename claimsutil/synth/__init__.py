@@ -104,7 +104,11 @@ def _truth_tables(world: World, out: BlockOutput) -> tuple[pa.Table, pa.Table]:
         first = np.datetime64(world.start.isoformat(), "M")
         month = (first + hazards.pop("month").astype(np.int64)).astype("datetime64[D]")
         hazards = {"subject_id": hazards.pop("subject_id"), "month": month, **hazards}
-    return pa.table(cols), pa.table({k: pa.array(v) for k, v in hazards.items()})
+    arrays = {}
+    for k, v in hazards.items():
+        # Regimen bitmasks are (rows, conditions): one fixed-size list per patient-month.
+        arrays[k] = pa.FixedSizeListArray.from_arrays(pa.array(v.ravel()), v.shape[1]) if v.ndim == 2 else pa.array(v)
+    return pa.table(cols), pa.table(arrays)
 
 
 def _shard_blocks(params: SynthParams) -> list[list[tuple[int, int, int]]]:

@@ -133,6 +133,23 @@ class _Events:
                 "flag": flag[keep], "reason": reason[keep]}  # fmt: skip
 
 
+def _pack_bits(flags: np.ndarray) -> np.ndarray:
+    """(n, K <= 32) bool -> (n,) int32 bitmask (bit k = condition k)."""
+    return (flags.astype(np.int64) << np.arange(flags.shape[1], dtype=np.int64)).sum(axis=1).astype(np.int32)
+
+
+def unpack_bits(bits: np.ndarray, k: int) -> np.ndarray:
+    return ((bits.astype(np.int64)[:, None] >> np.arange(k, dtype=np.int64)) & 1).astype(bool)
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Replaying patients from a recorded end-of-month state: no deaths and no coverage changes (the
+    oracle follows patients who stay covered, as the labels do)."""
+
+    month: int  # the first month replayed
+
+
 def _choose(rng: np.random.Generator, log_w: np.ndarray) -> np.ndarray:
     """One categorical draw per row of log weights (-inf = unavailable); -1 where nothing is available."""
     w = np.exp(log_w - np.max(log_w, axis=1, keepdims=True, initial=-1e300))
@@ -161,6 +178,7 @@ class BlockSimulator:
         self.ev = _Events()
         self._detect_cache = None
         self.truth_rows: list[dict[str, np.ndarray]] = []
+        self.replay: Replay | None = None  # set only when the oracle replays recorded states
         self._init_patients()
 
     # ---------------------------------------------------------------- patients and history before the window
@@ -180,11 +198,7 @@ class BlockSimulator:
         self.alive = np.ones(n, bool)
         self.death_month = np.full(n, -1, np.int32)
         K = self.c.K
-        self.allowed = np.ones((n, K), bool)
-        for k, sex in enumerate(self.c.sex_only):
-            if sex:
-                self.allowed[:, k] = self.male if sex == "M" else ~self.male
-        self.base_log = self.c.log_rate + np.outer(self.male, self.c.male) + self.latent @ self.c.loadings.T
+        self._set_static_hazards()
         self.has = np.zeros((n, K), bool)
         self.onset = np.full((n, K), np.iinfo(np.int16).min, np.int16)  # month index; min = never
         self.dx = np.zeros((n, K), bool)
@@ -194,6 +208,14 @@ class BlockSimulator:
         self.last_zoster = np.full(n, -99, np.int32)
         self._burn_in()
         self._prior_care()
+
+    def _set_static_hazards(self) -> None:
+        """Sex restrictions and the part of each onset log-hazard fixed by sex and the latent factors."""
+        self.allowed = np.ones((self.n, self.c.K), bool)
+        for k, sex in enumerate(self.c.sex_only):
+            if sex:
+                self.allowed[:, k] = self.male if sex == "M" else ~self.male
+        self.base_log = self.c.log_rate + np.outer(self.male, self.c.male) + self.latent @ self.c.loadings.T
 
     def _burn_in(self) -> None:
         """Yearly onsets from age 20 to the window start, so prevalence at entry follows the same model."""
@@ -320,25 +342,30 @@ class BlockSimulator:
         self.ev.add(pid, self.birth_day, w.code("MEDS_BIRTH"))
 
     def _month(self, t: int) -> None:
-        rng, w = self.rng, self.w
+        rng, w, replay = self.rng, self.w, self.replay
         self._t = t
         m0, m1 = int(w.month_days[t]), int(w.month_days[t + 1])
         age = self.age0 + (t + 0.5) / 12.0
-        dying = self._deaths(t, age)
+        # A replay follows patients known to be alive and covered through the horizon (as labelled ones are).
+        dying = self._deaths(t, age) if replay is None else np.zeros(self.n, bool)
         death_off = rng.integers(0, m1 - m0, self.n)
-        self._coverage_starts(t, m0)
+        if replay is None:
+            self._coverage_starts(t, m0)
         covered = (self.status == 1) & self.alive
         episodes = self._acute_episodes(t, age)
         had = self.has.copy()
         onset_h = self._onsets(t, age)
         p_visit = self._visit_probability(age)
         visit = covered & ((rng.random(self.n) < p_visit) | episodes.any(axis=1))
-        self._record_truth(t, covered, had, onset_h, p_visit)
+        day_off = np.floor(rng.random(self.n) * np.where(dying, death_off + 1, m1 - m0)).astype(np.int32)
+        truth = self._record_truth(t, covered, had, onset_h, p_visit) if replay is None else None
         suspected = self._diagnose(t, visit)
         self._treat(t, visit)
-        day_off = np.floor(rng.random(self.n) * np.where(dying, death_off + 1, m1 - m0)).astype(np.int32)
         self._receipt(np.nonzero(visit)[0], m0 + day_off, suspected, episodes)
-        self._coverage_ends(t, m1, covered, dying, m0 + death_off)
+        if truth is not None:
+            self._record_state(truth, covered)
+        if replay is None:
+            self._coverage_ends(t, m1, covered, dying, m0 + death_off)
 
     def _deaths(self, t: int, age: np.ndarray) -> np.ndarray:
         """Gompertz mortality raised by frailty and disease; only after entry (a database holds the living)."""
@@ -486,13 +513,13 @@ class BlockSimulator:
                 self.ev.add(rows[got[ok]], day[got[ok]], drug_codes[options[pick[ok]]], value=self.a.days[e])
 
     # ---------------------------------------------------------------- ground truth (never read by models)
-    def _record_truth(self, t: int, covered, had, onset_h, p_visit) -> None:
+    def _record_truth(self, t: int, covered, had, onset_h, p_visit) -> dict | None:
         """Per covered patient-month: onset hazards, and the probability that this month's receipt carries
         a confirmed record of each tracked condition / a prescription of each tracked drug, given the state
         at the start of the month. 1 - prod(1 - p) over a horizon is the oracle's event probability."""
         rows = np.nonzero(covered)[0]
         if not len(rows):
-            return
+            return None
         pv = 1.0 - (1.0 - p_visit[rows]) * np.prod(1.0 - self._acute_p[rows], axis=1)
         detect = self._detect_probs()[0][rows]
         out = {"pid": rows.astype(np.int32), "month": np.full(len(rows), t, np.int16)}
@@ -504,6 +531,16 @@ class BlockSimulator:
             out[f"record_hazard_{name}"] = (pv * np.where(dx, 1.0, first)).astype(np.float32)
         for name in self.w.params.truth_drugs:
             out[f"rx_hazard_{name}"] = self._rx_hazard(t, rows, name, pv).astype(np.float32)
+        return out
+
+    def _record_state(self, out: dict, covered: np.ndarray) -> None:
+        """The whole simulation state at the end of the month, so the oracle can replay the future from it."""
+        rows = np.nonzero(covered)[0]
+        out["has_bits"] = _pack_bits(self.has[rows])
+        out["dx_bits"] = _pack_bits(self.dx[rows])
+        out["pending_bits"] = _pack_bits(self.pending[rows])
+        out["zoster_month"] = self.last_zoster[rows].astype(np.int16)
+        out["regimens"] = self.reg[rows].astype(np.int16)
         self.truth_rows.append(out)
 
     def _rx_hazard(self, t: int, rows: np.ndarray, drug: str, pv: np.ndarray) -> np.ndarray:
@@ -545,12 +582,12 @@ class BlockSimulator:
             "hospital": self.hosp.astype(np.int16),
             "male": self.male,
             "birth_day": self.birth_day,
-            "age_at_start": self.age0.astype(np.float32),
+            "age_at_start": self.age0,  # float64: the replay needs the exact value
             "entry_month": self.enter.astype(np.int16),
             "death_month": self.death_month.astype(np.int16),
         }
         for i, name in enumerate(("metabolic", "frailty", "care_seeking")):
-            out[f"latent_{name}"] = self.latent[:, i].astype(np.float32)
+            out[f"latent_{name}"] = self.latent[:, i]
         for k, name in enumerate(cat.CONDITION_NAMES):
             out[f"onset_month_{name}"] = np.where(self.onset[:, k] == never, -32768, self.onset[:, k])
             out[f"dx_month_{name}"] = np.where(self.dx_month[:, k] == never, -32768, self.dx_month[:, k])

@@ -1,0 +1,134 @@
+"""The oracle ceiling: replay the generator forward from a patient's true state at the index date.
+
+The ground truth stores, for every covered patient-month, the complete simulation state at the end of the
+month (conditions present, diagnosed, suspected names pending, treatment regimens, last zoster) next to the
+patient's fixed traits (latent factors, sex, age, hospital). For each labelled patient the oracle rebuilds
+that state for the month of the index receipt (the prediction time is the midnight after it; the generator
+writes at most one receipt a month) and simulates `replicates` futures with fresh randomness. The share of
+futures with an outcome record inside the horizon is the probability of
+the outcome given everything true at the index date and nothing after it: the best any model could do.
+Like the labels, it follows patients who stay covered and alive through the horizon.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from claimsutil.config import SynthParams
+from claimsutil.synth.simulate import AcuteArrays, BlockSimulator, ConditionArrays, Replay, _Events, unpack_bits
+from claimsutil.synth.world import World, seed_sequence
+
+_US_PER_DAY = 86_400_000_000
+
+
+def truth_world(truth_dir: str | Path) -> World:
+    """The world (vocabulary, hospitals) the truth folder was generated with."""
+    info = json.loads((Path(truth_dir) / "generator.json").read_text(encoding="utf-8"))
+    if "params" not in info:
+        raise ValueError(f"{truth_dir}/generator.json: no generator parameters (not data from the built-in generator)")
+    params = dict(info["params"])
+    for key in ("truth_conditions", "truth_drugs"):
+        params[key] = tuple(params[key])
+    return World(SynthParams(**params, workers=1))
+
+
+def _load_state(truth_dir: Path, requests: pl.DataFrame, world: World) -> pl.DataFrame:
+    """Per request: fixed traits and the recorded state at the start of the index month."""
+    ids = requests["subject_id"].implode()
+    subjects = pl.scan_parquet(sorted((truth_dir / "subjects").glob("*.parquet"))).filter(
+        pl.col("subject_id").is_in(ids)
+    )
+    hazards = pl.scan_parquet(sorted((truth_dir / "hazards").glob("*.parquet"))).filter(pl.col("subject_id").is_in(ids))
+    state = requests.lazy().join(
+        hazards.select("subject_id", "month", "has_bits", "dx_bits", "pending_bits", "zoster_month", "regimens"),
+        on=["subject_id", "month"],
+        how="left",
+    )
+    out = state.join(subjects, on="subject_id", how="left").collect()
+    missing = out.filter(pl.col("has_bits").is_null() | pl.col("age_at_start").is_null())
+    if missing.height:
+        raise ValueError(
+            f"{truth_dir}: {missing.height} request(s) have no recorded state for their index month "
+            f"(e.g. month {missing['month'][0]}): this truth does not belong to the labelled dataset"
+        )
+    return out
+
+
+def _simulator(world: World, conds: ConditionArrays, acutes: AcuteArrays, rows: pl.DataFrame, reps: int, rng):
+    """A BlockSimulator holding REPS copies of each row's recorded state (no history is re-simulated)."""
+    sim = BlockSimulator.__new__(BlockSimulator)
+    n, K = rows.height * reps, conds.K
+
+    def rep(values) -> np.ndarray:
+        return np.repeat(np.asarray(values), reps, axis=0)
+
+    sim.w, sim.c, sim.a, sim.n, sim.T, sim.rng = world, conds, acutes, n, world.params.months, rng
+    sim.ev, sim._detect_cache, sim.truth_rows = _Events(), None, []
+    sim.male, sim.hosp = rep(rows["male"].to_numpy()), rep(rows["hospital_index"].to_numpy())
+    sim.age0 = rep(rows["age_at_start"].to_numpy())
+    sim.latent = rep(rows.select("latent_metabolic", "latent_frailty", "latent_care_seeking").to_numpy())
+    sim.status, sim.alive = np.ones(n, np.int8), np.ones(n, bool)
+    sim.gap_left, sim.death_month = np.zeros(n, np.int32), np.full(n, -1, np.int32)
+    sim._set_static_hazards()
+    sim.has = rep(unpack_bits(rows["has_bits"].to_numpy(), K))
+    sim.dx = rep(unpack_bits(rows["dx_bits"].to_numpy(), K))
+    sim.pending = rep(unpack_bits(rows["pending_bits"].to_numpy(), K))
+    sim.reg = rep(np.stack(rows["regimens"].to_numpy()).astype(np.int32))
+    sim.last_zoster = rep(rows["zoster_month"].to_numpy().astype(np.int32))
+    sim.onset = np.full((n, K), np.iinfo(np.int16).min, np.int16)
+    sim.dx_month = np.full((n, K), np.iinfo(np.int16).min, np.int16)
+    return sim
+
+
+def outcome_probabilities(
+    truth_dir: str | Path,
+    labels: pl.DataFrame,
+    outcome: tuple[str, ...],
+    horizon_days: int,
+    include_suspected: bool = False,
+    replicates: int = 200,
+    seed: int = 0,
+) -> pl.DataFrame:
+    """P(an outcome record in [index, index + horizon)) for each labelled patient, by replaying the
+    generator from the true state. LABELS: subject_id, prediction_time. Returns them with `probability`."""
+    truth_dir = Path(truth_dir)
+    world = truth_world(truth_dir)
+    conds, acutes = ConditionArrays(world), AcuteArrays(world)
+    codes = np.array([i for i, c in enumerate(world.codes) if c.startswith(tuple(outcome))])
+    # The prediction time is the midnight after the index receipt; the outcome window starts there.
+    index = labels.select("subject_id", "prediction_time").with_columns(
+        index_day=(pl.col("prediction_time").dt.epoch("us") // _US_PER_DAY).cast(pl.Int64),
+        month=(pl.col("prediction_time") - dt.timedelta(microseconds=1)).dt.month_start().dt.date(),
+    )
+    rows = _load_state(truth_dir, index, world).with_columns(
+        hospital_index=pl.col("hospital").str.strip_prefix("H").cast(pl.Int64) - 1,
+        t=(pl.col("month").cast(pl.Date).dt.year() - world.start.year) * 12
+        + pl.col("month").cast(pl.Date).dt.month()
+        - world.start.month,
+    )
+    key = zlib.crc32(",".join(outcome).encode())
+    parts = []
+    for (t,), group in rows.sort("subject_id").group_by("t", maintain_order=True):
+        rng = np.random.default_rng(seed_sequence(seed, 2, key, int(t)))
+        sim = _simulator(world, conds, acutes, group, replicates, rng)
+        day = np.repeat(group["index_day"].to_numpy(), replicates)
+        sim.replay = Replay(int(t) + 1)
+        end = int(day.max()) + horizon_days
+        month = int(t) + 1  # the state is the end of the index month: the future starts next month
+        while month < sim.T and world.month_days[month] < end:
+            sim._month(month)
+            month += 1
+        ev = sim.ev.collect()
+        hit_rows = np.isin(ev["code"], codes) & ((ev["flag"] == 0) | include_suspected)
+        hit_rows &= (ev["day"] >= day[ev["pid"]]) & (ev["day"] < day[ev["pid"]] + horizon_days)
+        hit = np.zeros(sim.n, bool)
+        hit[ev["pid"][hit_rows]] = True
+        parts.append(group.select("subject_id").with_columns(probability=hit.reshape(-1, replicates).mean(axis=1)))
+    probs = pl.concat(parts) if parts else pl.DataFrame(schema={"subject_id": pl.Int64, "probability": pl.Float64})
+    return labels.select("subject_id", "prediction_time").join(probs, on="subject_id", how="left")
