@@ -252,3 +252,29 @@ def test_oracle_is_calibrated_deterministic_and_uses_no_future(generated):
     assert changed.equals(again)
     twice = outcome_probabilities(truth, subset, spec.outcome, spec.horizon_days, replicates=40, seed=1)
     assert twice.equals(again)  # same patients and seed, same numbers
+
+
+def test_baseline_beats_the_positive_rate_and_not_the_oracle(generated):
+    """LightGBM on records lands between the positive rate and the oracle replayed from the true state."""
+    from claimsutil import baseline, features, metrics
+    from claimsutil.synth.oracle import outcome_probabilities
+
+    spec = TASKS[1]  # CKD
+    labels = co.build_tasks(generated, (spec,), seed=3)[spec.name].labels
+    splits = co.assign_splits(co.subject_hospitals(generated), CohortParams(held_out_hospitals=0))
+    rows = labels.join(splits, on="subject_id")
+    part = {s: rows.filter(pl.col("split") == s).drop("split", "hospital") for s in ("train", "validation", "test")}
+    vocab = features.fit_vocabulary(generated, part["train"])
+    X = {s: features.count_features(generated, part[s], vocab) for s in part}
+    fitted = baseline.fit_baseline(X["train"], part["train"]["boolean_value"], X["validation"],
+                                   part["validation"]["boolean_value"])  # fmt: skip
+    test = part["test"]
+    p_model = baseline.predict(fitted, X["test"])
+    oracle = outcome_probabilities(generated.with_name("meds_truth"), test, spec.outcome, 365, replicates=100, seed=2)
+    p_oracle = test.select("subject_id").join(oracle, on="subject_id", how="left")["probability"].to_numpy()
+    y = test["boolean_value"].to_numpy()
+    model_ci = metrics.bootstrap_ci(y, p_model, n_resamples=500, seed=0)["auprc"]
+    assert model_ci.low > y.mean()  # clearly better than the positive rate
+    diff = metrics.paired_bootstrap(y, p_model, p_oracle, n_resamples=500, seed=0)["auprc"]
+    assert diff.low < 0  # the baseline is not significantly better than the oracle
+    assert metrics.score(y, p_oracle)["auroc"] > metrics.score(y, p_model)["auroc"] - 0.02
