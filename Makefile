@@ -38,6 +38,7 @@ lab: venv
 ## make bench: the benchmarks (figures printed, not asserted)
 bench: venv
 	$(BIN)/python -m claimsutil.bench synth
+	$(BIN)/python -m claimsutil.bench features
 
 lint: venv
 	$(BIN)/ruff check claimsutil tests notebooks
