@@ -25,7 +25,7 @@ ifdef PROFILE
 	$(BIN)/python -m claimsutil.config use $(PROFILE)
 endif
 	$(BIN)/dvc repro
-	$(BIN)/dvc metrics show
+	@echo "Reports: reports/*.html (open reports/00_data.html first); tables: reports/*/*.md; metrics: .venv/bin/dvc metrics show"
 
 ## make test: the unit tests and the tiny-profile pipeline test
 test: venv

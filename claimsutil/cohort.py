@@ -26,6 +26,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import meds
 import numpy as np
 import polars as pl
 
@@ -323,8 +324,6 @@ def write_cohort(
     out_dir: str | Path, cohorts: dict[str, TaskCohort], splits: pl.DataFrame, budgets: dict[str, pl.DataFrame]
 ) -> None:
     """data/cohort: labels/<task>.parquet (MEDS label schema), splits.parquet, budgets/<task>.parquet."""
-    import meds
-
     out = Path(out_dir)
     for sub in ("labels", "budgets"):
         (out / sub).mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from claimsutil.config import SynthParams
-from claimsutil.synth.simulate import AcuteArrays, BlockSimulator, ConditionArrays, Replay, _Events, unpack_bits
+from claimsutil.synth.simulate import AcuteArrays, BlockSimulator, ConditionArrays, Replay, unpack_bits
 from claimsutil.synth.world import World, seed_sequence
 
 _US_PER_DAY = 86_400_000_000
@@ -60,30 +60,27 @@ def _load_state(truth_dir: Path, requests: pl.DataFrame, world: World) -> pl.Dat
     return out
 
 
-def _simulator(world: World, conds: ConditionArrays, acutes: AcuteArrays, rows: pl.DataFrame, reps: int, rng):
-    """A BlockSimulator holding REPS copies of each row's recorded state (no history is re-simulated)."""
-    sim = BlockSimulator.__new__(BlockSimulator)
-    n, K = rows.height * reps, conds.K
+def _simulator(world: World, conds: ConditionArrays, acutes: AcuteArrays, rows: pl.DataFrame, reps: int, rng, month):
+    """A simulator holding REPS copies of each row's recorded state, replaying from MONTH."""
+    K = conds.K
 
     def rep(values) -> np.ndarray:
         return np.repeat(np.asarray(values), reps, axis=0)
 
-    sim.w, sim.c, sim.a, sim.n, sim.T, sim.rng = world, conds, acutes, n, world.params.months, rng
-    sim.ev, sim._detect_cache, sim.truth_rows = _Events(), None, []
-    sim.male, sim.hosp = rep(rows["male"].to_numpy()), rep(rows["hospital_index"].to_numpy())
-    sim.age0 = rep(rows["age_at_start"].to_numpy())
-    sim.latent = rep(rows.select("latent_metabolic", "latent_frailty", "latent_care_seeking").to_numpy())
-    sim.status, sim.alive = np.ones(n, np.int8), np.ones(n, bool)
-    sim.gap_left, sim.death_month = np.zeros(n, np.int32), np.full(n, -1, np.int32)
-    sim._set_static_hazards()
-    sim.has = rep(unpack_bits(rows["has_bits"].to_numpy(), K))
-    sim.dx = rep(unpack_bits(rows["dx_bits"].to_numpy(), K))
-    sim.pending = rep(unpack_bits(rows["pending_bits"].to_numpy(), K))
-    sim.reg = rep(np.stack(rows["regimens"].to_numpy()).astype(np.int32))
-    sim.last_zoster = rep(rows["zoster_month"].to_numpy().astype(np.int32))
-    sim.onset = np.full((n, K), np.iinfo(np.int16).min, np.int16)
-    sim.dx_month = np.full((n, K), np.iinfo(np.int16).min, np.int16)
-    return sim
+    traits = {
+        "male": rep(rows["male"].to_numpy()),
+        "hosp": rep(rows["hospital_index"].to_numpy()),
+        "age0": rep(rows["age_at_start"].to_numpy()),
+        "latent": rep(rows.select("latent_metabolic", "latent_frailty", "latent_care_seeking").to_numpy()),
+    }
+    state = {
+        "has": rep(unpack_bits(rows["has_bits"].to_numpy(), K)),
+        "dx": rep(unpack_bits(rows["dx_bits"].to_numpy(), K)),
+        "pending": rep(unpack_bits(rows["pending_bits"].to_numpy(), K)),
+        "reg": rep(np.stack(rows["regimens"].to_numpy())),
+        "last_zoster": rep(rows["zoster_month"].to_numpy()),
+    }
+    return BlockSimulator.from_state(world, conds, acutes, rng, traits, state, Replay(month))
 
 
 def outcome_probabilities(
@@ -116,9 +113,8 @@ def outcome_probabilities(
     parts = []
     for (t,), group in rows.sort("subject_id").group_by("t", maintain_order=True):
         rng = np.random.default_rng(seed_sequence(seed, 2, key, int(t)))
-        sim = _simulator(world, conds, acutes, group, replicates, rng)
+        sim = _simulator(world, conds, acutes, group, replicates, rng, int(t) + 1)
         day = np.repeat(group["index_day"].to_numpy(), replicates)
-        sim.replay = Replay(int(t) + 1)
         end = int(day.max()) + horizon_days
         month = int(t) + 1  # the state is the end of the index month: the future starts next month
         while month < sim.T and world.month_days[month] < end:

@@ -181,6 +181,26 @@ class BlockSimulator:
         self.replay: Replay | None = None  # set only when the oracle replays recorded states
         self._init_patients()
 
+    @classmethod
+    def from_state(
+        cls, world: World, conds: ConditionArrays, acutes: AcuteArrays, rng, traits: dict, state: dict, replay: Replay
+    ) -> BlockSimulator:
+        """Patients rebuilt from recorded traits (male, hosp, age0, latent) and an end-of-month state (has, dx,
+        pending, reg, last_zoster), alive and covered, to replay their future from `replay.month` (the oracle)."""
+        sim = cls.__new__(cls)
+        n = len(traits["male"])
+        sim.w, sim.c, sim.a, sim.n, sim.T, sim.rng = world, conds, acutes, n, world.params.months, rng
+        sim.ev, sim._detect_cache, sim.truth_rows, sim.replay = _Events(), None, [], replay
+        sim.male, sim.hosp, sim.age0, sim.latent = traits["male"], traits["hosp"], traits["age0"], traits["latent"]
+        sim.status, sim.alive = np.ones(n, np.int8), np.ones(n, bool)
+        sim.gap_left, sim.death_month = np.zeros(n, np.int32), np.full(n, -1, np.int32)
+        sim._set_static_hazards()
+        sim.has, sim.dx, sim.pending = state["has"], state["dx"], state["pending"]
+        sim.reg, sim.last_zoster = state["reg"].astype(np.int32), state["last_zoster"].astype(np.int32)
+        sim.onset = np.full((n, conds.K), np.iinfo(np.int16).min, np.int16)
+        sim.dx_month = np.full((n, conds.K), np.iinfo(np.int16).min, np.int16)
+        return sim
+
     # ---------------------------------------------------------------- patients and history before the window
     def _init_patients(self) -> None:
         rng, n, hosp_t = self.rng, self.n, self.w.hospitals
