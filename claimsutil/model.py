@@ -1,0 +1,350 @@
+"""An encoder-only transformer over claims codes, pretrained by masked-code prediction.
+
+One readable file in the style of nanoGPT's model.py. A patient is a row of code tokens, each carrying the
+patient's age in days at that receipt. Pretraining hides ~15% of the codes (BERT's 80/10/10 corruption) and
+predicts them with two heads, one over the diagnosis codes and one over the drug codes of the vocabulary,
+plus a regression on the age at each masked position (the reference study's three losses). The heads see
+only the hidden states of the masked positions: a full (B, T, V) logits tensor would be ~7x more head work
+and memory for nothing.
+
+Token ids 0-3 are [PAD], [MASK], [CLS], [UNK]; `family` (V,) says what every token is: 0 special,
+1 diagnosis, 2 drug, 3 other.
+
+Positions: a learned embedding of each token's index within its patient (restarting at every patient when
+rows pack several, so packing changes nothing). Age alone would not do: a [MASK]ed code hides its age
+(otherwise the age regression copies its input), and without a position all masked codes of a patient would
+be identical inputs, so the model could only guess the bag of masked codes, not which is where. An optional
+learned visit embedding (`max_visits` > 0, off in the presets as in the reference) can mark receipts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+PAD_ID, MASK_ID, CLS_ID, UNK_ID = 0, 1, 2, 3
+SPECIAL, DIAGNOSIS, DRUG, OTHER = 0, 1, 2, 3
+DAYS_PER_YEAR = 365.25
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 250  # tokens, the four specials included
+    max_len: int = 256  # longest patient (in tokens) the position embedding covers; rows may pack several
+    n_layer: int = 4  # transformer blocks
+    n_head: int = 4  # attention heads; must divide n_embd
+    n_embd: int = 128  # width of the residual stream
+    ffn_mult: int = 4  # MLP hidden width = ffn_mult * n_embd (4 as in BERT and GPT)
+    dropout: float = 0.0  # on attention weights and residual branches; pretraining on plenty of data needs none
+    bias: bool = True  # biases in Linears and LayerNorms (BERT keeps them; False is a little faster)
+    age_bins: int = 22  # bins of the piecewise-linear age encoding over 0..max_age_years (22 = 5-year bins)
+    max_age_years: float = 110.0  # right edge of the last age bin; older ages saturate
+    max_visits: int = 0  # > 0: learned visit-number embedding, visits capped at max_visits - 1; 0: none
+    age_center_years: float = 55.0  # the age regression predicts (age - center) / scale, in years,
+    age_scale_years: float = 32.0  # fixed (the middle and sd of 0..110) so a checkpoint needs no data statistics
+    weight_diagnosis: float = 1.0  # weight of the diagnosis cross-entropy in the total loss
+    weight_drug: float = 1.0  # weight of the drug cross-entropy in the total loss
+    weight_age: float = 1.0  # weight of the age regression (smooth L1, in standardised units) in the total loss
+
+
+# Five scales per profile, smallest first; the keys are the same in both profiles so the pipeline can loop
+# over them. paper: the reference study's 2.2M, 4.7M, 11M, 32M and 101M total parameters at its 1,930-token
+# vocabulary (head dims 32-64). demo: >30x apart yet all five pretrain on 2 CPU cores in minutes.
+SCALES: dict[str, dict[str, dict[str, int]]] = {
+    "paper": {
+        "xs": dict(n_layer=8, n_head=4, n_embd=128, ffn_mult=4),
+        "s": dict(n_layer=9, n_head=4, n_embd=192, ffn_mult=4),
+        "m": dict(n_layer=8, n_head=5, n_embd=320, ffn_mult=4),
+        "l": dict(n_layer=10, n_head=8, n_embd=512, ffn_mult=4),
+        "xl": dict(n_layer=14, n_head=12, n_embd=768, ffn_mult=4),
+    },
+    "demo": {
+        "xs": dict(n_layer=2, n_head=1, n_embd=32, ffn_mult=4),
+        "s": dict(n_layer=2, n_head=2, n_embd=64, ffn_mult=4),
+        "m": dict(n_layer=3, n_head=3, n_embd=96, ffn_mult=4),
+        "l": dict(n_layer=4, n_head=4, n_embd=128, ffn_mult=4),
+        "xl": dict(n_layer=5, n_head=6, n_embd=192, ffn_mult=4),
+    },
+}
+
+
+def config_for(profile: str, scale: str, vocab_size: int, max_len: int, **overrides: float) -> ModelConfig:
+    """The ModelConfig of a named scale; `overrides` set any other field (dropout, loss weights, ...)."""
+    if profile not in SCALES or scale not in SCALES[profile]:
+        known = {p: list(s) for p, s in SCALES.items()}
+        raise KeyError(f"unknown model scale {profile}/{scale}; known: {known}")
+    return ModelConfig(vocab_size=vocab_size, max_len=max_len, **SCALES[profile][scale], **overrides)
+
+
+class AgeEncoding(nn.Module):
+    """Piecewise-linear encoding of age in days (one value in [0, 1] per bin), then a Linear to n_embd."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        edges = torch.linspace(0.0, config.max_age_years * DAYS_PER_YEAR, config.age_bins + 1)
+        # Buffers, not constants: they move with .to(device) and are saved with the checkpoint.
+        self.register_buffer("left", edges[:-1].clone())
+        self.register_buffer("width", edges[1:] - edges[:-1])
+        self.proj = nn.Linear(config.age_bins, config.n_embd, bias=config.bias)
+
+    def forward(self, ages: torch.Tensor) -> torch.Tensor:
+        # Bins below the age are full (1), bins above empty (0), the bin holding it is filled linearly, so
+        # the encoding is continuous in age yet lets the Linear learn a different slope per age band.
+        enc = ((ages.float().unsqueeze(-1) - self.left) / self.width).clamp(0.0, 1.0)  # (B, T, K)
+        return self.proj(enc)  # (B, T, C)
+
+
+class SelfAttention(nn.Module):
+    """Bidirectional multi-head attention; the mask keeps padding and other patients out."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_head must divide n_embd"
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        p = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.ffn_mult * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(config.ffn_mult * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.gelu(self.c_fc(x))  # (B, T, ffn_mult * C)
+        return self.dropout(self.c_proj(x))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-norm block: trains stably without warm-up tricks at every scale we use."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = SelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask)  # (B, T, C)
+        return x + self.mlp(self.ln_2(x))  # (B, T, C)
+
+
+def attention_mask(tokens: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 1, T, T) boolean, True where query i may attend to key j: j is not padding and, when rows pack
+    several patients, j belongs to the same patient as i."""
+    B, T = tokens.size()
+    allowed = (tokens != PAD_ID).unsqueeze(1)  # (B, 1, T) over keys
+    if segments is not None:
+        allowed = allowed & (segments.unsqueeze(2) == segments.unsqueeze(1))  # (B, T, T)
+    # Every query may see itself, so a padding row is never fully masked (an empty softmax would give NaN
+    # that then spreads through the backward pass).
+    eye = torch.eye(T, dtype=torch.bool, device=tokens.device)  # (T, T)
+    return (allowed | eye).unsqueeze(1)  # (B, 1, T, T)
+
+
+def positions_in_patient(tokens: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) index of each token within its patient: 0, 1, ... restarting wherever `segments` changes."""
+    B, T = tokens.size()
+    idx = torch.arange(T, device=tokens.device).expand(B, T)  # (B, T)
+    if segments is None:
+        return idx
+    starts = torch.ones_like(segments, dtype=torch.bool)  # (B, T)
+    starts[:, 1:] = segments[:, 1:] != segments[:, :-1]
+    return idx - torch.where(starts, idx, 0).cummax(dim=1).values  # (B, T)
+
+
+class ClaimsEncoder(nn.Module):
+    def __init__(self, config: ModelConfig, family: torch.Tensor):
+        super().__init__()
+        family = torch.as_tensor(family, dtype=torch.long, device="cpu")
+        assert family.shape == (config.vocab_size,), f"family has shape {tuple(family.shape)}, want (vocab_size,)"
+        self.config = config
+        # Each token's index inside its family's head (-1 for specials and "other"): targets are remapped
+        # through it, so the heads are exactly as wide as their families.
+        index = torch.full_like(family, -1)
+        for code in (DIAGNOSIS, DRUG):
+            members = (family == code).nonzero().squeeze(1)
+            index[members] = torch.arange(len(members))
+        self.register_buffer("family", family.clone())
+        self.register_buffer("family_index", index)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.max_len, config.n_embd)
+        self.age_encoding = AgeEncoding(config)
+        self.wve = nn.Embedding(config.max_visits, config.n_embd) if config.max_visits > 0 else None
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.diagnosis_head = nn.Linear(config.n_embd, int((family == DIAGNOSIS).sum()), bias=config.bias)
+        self.drug_head = nn.Linear(config.n_embd, int((family == DRUG).sum()), bias=config.bias)
+        self.age_head = nn.Linear(config.n_embd, 1, bias=config.bias)
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the projections into the residual stream keeps its variance from growing
+        # with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding: bool = True) -> int:
+        """Parameters; non_embedding leaves out the token, position, age and visit embeddings (the usual count
+        for scaling laws: lookups cost no FLOPs and grow with the vocabulary and length, not the model)."""
+        n_params = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n_params -= self.wte.weight.numel() + self.wpe.weight.numel()
+            n_params -= sum(p.numel() for p in self.age_encoding.parameters())
+            n_params -= self.wve.weight.numel() if self.wve is not None else 0
+        return n_params
+
+    def encode(
+        self,
+        tokens: torch.Tensor,
+        ages: torch.Tensor,
+        visits: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Hidden states (B, T, C) after the final LayerNorm."""
+        pos = positions_in_patient(tokens, segments)  # (B, T)
+        assert int(pos.max()) < self.config.max_len, f"a patient longer than max_len={self.config.max_len} tokens"
+        age = self.age_encoding(ages)  # (B, T, C)
+        # A [MASK]ed code hides its age too, otherwise the age regression would copy its input. The 10% of
+        # selected codes left in place or swapped keep their age, so nothing tells them apart from the rest.
+        age = age.masked_fill((tokens == MASK_ID).unsqueeze(-1), 0.0)  # (B, T, C)
+        x = self.wte(tokens) + self.wpe(pos) + age  # (B, T, C)
+        if self.wve is not None and visits is not None:
+            x = x + self.wve(visits.clamp(0, self.config.max_visits - 1))  # (B, T, C)
+        x = self.drop(x)  # (B, T, C)
+        mask = attention_mask(tokens, segments)  # (B, 1, T, T)
+        for block in self.h:
+            x = block(x, mask)  # (B, T, C)
+        return self.ln_f(x)  # (B, T, C)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        ages: torch.Tensor,
+        visits: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
+        mlm_positions: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        return_logits: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Without mlm_positions: {"hidden": (B, T, C)}. With mlm_positions ((B, T) bool, from `masking`) and
+        targets ((B, T) original token ids): the pretraining losses, computed at the masked positions only.
+        `ages` must be the true ages: the age regression's targets are read from it."""
+        x = self.encode(tokens, ages, visits, segments)  # (B, T, C)
+        if mlm_positions is None:
+            return {"hidden": x}
+        assert targets is not None, "targets are needed with mlm_positions"
+        # Gather first, project second: N masked rows instead of B * T.
+        return self.masked_losses(x[mlm_positions], targets[mlm_positions], ages[mlm_positions], return_logits)
+
+    def masked_losses(
+        self, x: torch.Tensor, targets: torch.Tensor, ages: torch.Tensor, return_logits: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Losses from the N masked rows: x (N, C), targets (N,) token ids, ages (N,) days."""
+        cfg, out = self.config, {}
+        fam = self.family[targets]  # (N,)
+        for name, code, head in (("diagnosis", DIAGNOSIS, self.diagnosis_head), ("drug", DRUG, self.drug_head)):
+            rows = fam == code  # (N,) a code loss only sees the codes of its family
+            logits = head(x[rows]).float()  # (n, V_family)
+            y = self.family_index[targets[rows]]  # (n,) targets in the family's own index space
+            n = rows.sum()
+            # Sum over a clamped count, not mean: a batch with no code of this family gives 0, not NaN.
+            out[f"loss_{name}"] = F.cross_entropy(logits, y, reduction="sum") / n.clamp(min=1)
+            out[f"n_{name}"] = n
+            if return_logits:
+                out[f"logits_{name}"] = logits
+        z = (ages.float() / DAYS_PER_YEAR - cfg.age_center_years) / cfg.age_scale_years  # (N,)
+        pred = self.age_head(x).squeeze(-1).float()  # (N,)
+        # Smooth L1 (Huber, beta 1 sd): quadratic near the truth, linear for the rare wrong birth date.
+        out["loss_age"] = F.smooth_l1_loss(pred, z, reduction="sum") / max(len(z), 1)
+        out["n_age"] = torch.tensor(len(z), device=x.device)
+        if return_logits:
+            out["age_pred"] = pred
+        out["loss"] = (
+            cfg.weight_diagnosis * out["loss_diagnosis"]
+            + cfg.weight_drug * out["loss_drug"]
+            + cfg.weight_age * out["loss_age"]
+        )
+        return out
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token, as in nanoGPT: 6N for the matmuls (forward + backward) plus 12 L C T for
+        attention scores. N counts the heads as if they ran at every position, a slight overestimate."""
+        cfg = self.config
+        T = seq_len or cfg.max_len
+        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+
+    def estimate_mfu(self, tokens_per_iter: int, dt: float, seq_len: int | None = None, peak_flops=312e12) -> float:
+        """Model FLOPs utilisation: achieved FLOP/s over the device's peak (default A100 bf16, 312 TFLOP/s;
+        H100 SXM dense bf16 is ~989e12)."""
+        return self.flops_per_token(seq_len) * tokens_per_iter / dt / peak_flops
+
+
+class EncoderClassifier(nn.Module):
+    """Fine-tuning: the [CLS] (position 0) hidden state -> dropout -> Linear -> one logit per row."""
+
+    def __init__(self, encoder: ClaimsEncoder, dropout: float | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.drop = nn.Dropout(encoder.config.dropout if dropout is None else dropout)
+        self.head = nn.Linear(encoder.config.n_embd, 1)
+        torch.nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, tokens: torch.Tensor, ages: torch.Tensor, visits: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.encoder.encode(tokens, ages, visits)  # (B, T, C)
+        return self.head(self.drop(x[:, 0])).squeeze(-1)  # (B,)
+
+
+def masking(
+    tokens: torch.Tensor,
+    family: torch.Tensor,
+    rate: float = 0.15,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BERT's corruption: select each non-special token with probability `rate`; of those, 80% become [MASK],
+    10% a random non-special token, 10% stay. Returns (corrupted (B, T), positions (B, T) bool, targets (B, T)
+    with the original ids at selected positions and -100 elsewhere). Draws come only from `generator`, so a
+    seeded generator gives the same masks on every run."""
+    family = family.to(tokens.device)
+    eligible = family[tokens] != SPECIAL  # (B, T) never PAD, CLS, MASK or UNK
+    u = torch.rand(tokens.shape, generator=generator, device=tokens.device)  # (B, T)
+    positions = eligible & (u < rate)  # (B, T)
+    # A second uniform splits the selected positions; with one draw each the split is exact in expectation.
+    v = torch.rand(tokens.shape, generator=generator, device=tokens.device)  # (B, T)
+    ids = (family != SPECIAL).nonzero().squeeze(1)  # (V_eligible,)
+    pick = torch.randint(len(ids), tokens.shape, generator=generator, device=tokens.device)  # (B, T)
+    corrupted = torch.where(positions & (v < 0.8), MASK_ID, tokens)  # (B, T)
+    corrupted = torch.where(positions & (v >= 0.8) & (v < 0.9), ids[pick], corrupted)  # (B, T)
+    targets = torch.where(positions, tokens, -100)  # (B, T)
+    return corrupted, positions, targets
