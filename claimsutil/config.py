@@ -148,6 +148,7 @@ class StudyParams:
     describe: DescribeParams
     cohort: CohortParams = dataclasses.field(default_factory=lambda: CohortParams())
     tasks: tuple[TaskSpec, ...] = ()
+    tokenize: dict = dataclasses.field(default_factory=dict)  # claimsutil.tokenize.tokenize_config() reads it
     features: dict = dataclasses.field(default_factory=dict)  # claimsutil.features.feature_config() reads it
     baseline: dict = dataclasses.field(default_factory=dict)  # claimsutil.baseline.baseline_params() reads it
 
@@ -208,6 +209,7 @@ def load_params(path: str | Path | None = None) -> StudyParams:
         describe=build_section(DescribeParams, "describe", raw.get("describe")),
         cohort=cohort,
         tasks=_tasks(raw.get("tasks"), cohort),
+        tokenize=dict(raw.get("tokenize") or {}),
         features=dict(raw.get("features") or {}),
         baseline=dict(raw.get("baseline") or {}),
     )

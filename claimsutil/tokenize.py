@@ -626,3 +626,18 @@ def compare_repeats(meds_root: str | Path, config: TokenizeConfig | None = None)
             "pairs_lost": pairs["keep"] - pairs[policy],
         }
     return out
+
+
+def plot_lengths(lengths: np.ndarray, max_len: int | None = None):
+    """Histogram of sequence lengths (tokens per patient), with the model's max_len marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(lengths, bins=60, color="tab:blue")
+    if max_len:
+        ax.axvline(max_len, color="black", ls="--", label=f"max_len = {max_len}")
+        ax.legend()
+    ax.set_xlabel("tokens per patient")
+    ax.set_ylabel("patients")
+    fig.tight_layout()
+    return fig

@@ -14,6 +14,7 @@ import pytest
 
 from claimsutil.config import use_profile
 from claimsutil.meds import validate_dataset
+from claimsutil.tokenize import TokenStore
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.pipeline
@@ -55,7 +56,7 @@ def tiny_study(tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProces
 
 def test_repro_builds_every_output(tiny_study):
     copy, _, first = tiny_study
-    for stage in ("synthesize", "describe", "cohort"):
+    for stage in ("synthesize", "describe", "cohort", "tokenize", "baseline"):
         assert f"Running stage '{stage}'" in first.stdout
     report = validate_dataset(copy / "data" / "meds")
     assert report.ok and report.n_subjects == 8000
@@ -77,6 +78,20 @@ def test_repro_builds_every_output(tiny_study):
     cohort = json.loads((copy / "data" / "metrics" / "cohort.json").read_text())
     assert set(cohort) == set(tasks) and all(0 < cohort[t]["oracle"]["auprc"]["point"] <= 1 for t in tasks)
     assert (copy / "reports" / "01_cohort.html").is_file()
+    # Tokens: every patient in the store, the vocabulary from pretraining patients.
+    store = TokenStore(copy / "data" / "tokens")
+    assert len(store) == 8000 and store.lengths().min() >= 1
+    assert json.loads((copy / "data" / "metrics" / "tokenize.json").read_text())["vocabulary"] == len(
+        store.vocab.tokens
+    )
+    # Baseline: every task and budget, with intervals, and predictions in the meds-evaluation columns.
+    baseline = json.loads((copy / "data" / "metrics" / "baseline.json").read_text())
+    assert set(baseline) == set(tasks)
+    assert all(set(baseline[t]) == {"10", "20", "full"} for t in tasks)
+    assert all(
+        b["auprc"]["low"] <= b["auprc"]["point"] <= b["auprc"]["high"] for t in tasks for b in baseline[t].values()
+    )
+    assert (copy / "reports" / "baseline" / "baseline_results.md").is_file()
 
 
 def test_second_repro_does_nothing(tiny_study):
@@ -86,7 +101,8 @@ def test_second_repro_does_nothing(tiny_study):
     metrics = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], copy, env)
     shown = json.loads(metrics.stdout)
     files = {f for workspace in shown.values() for f in workspace["data"]}
-    assert {"data/metrics/synthesize.json", "reports/data/metrics.json", "data/metrics/cohort.json"} <= files
+    expected = {"synthesize", "cohort", "tokenize", "baseline"}
+    assert {f"data/metrics/{name}.json" for name in expected} | {"reports/data/metrics.json"} <= files
 
 
 def test_user_meds_source_goes_through_the_same_path(tiny_study, tmp_path):
