@@ -272,7 +272,7 @@ def check_task(root: str | Path, cohort: TaskCohort, splits: pl.DataFrame, min_p
     if outcome_event_count(root, spec) == 0:
         raise CohortError(
             f"task '{spec.name}': no event in {root} matches the outcome code prefixes {list(spec.outcome)}; "
-            "check `tasks.{spec.name}.outcome` in params.yaml against the codes in metadata/codes.parquet"
+            f"check `tasks.{spec.name}.outcome` in params.yaml against the codes in metadata/codes.parquet"
         )
     counts = per_split_counts(cohort.labels, splits)
     for split in ("train", "validation", "test"):

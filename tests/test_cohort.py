@@ -211,6 +211,8 @@ def test_tasks_that_cannot_be_evaluated_stop_clearly(generated):
     c = co.build_tasks(generated, (ghost,), seed=3)["ghost"]
     with pytest.raises(co.CohortError, match=r"task 'ghost': no event .* \['ICD10/Z99.9', 'YJ/0000000'\]"):
         co.check_task(generated, c, splits, 10)
+    with pytest.raises(co.CohortError, match=r"check `tasks.ghost.outcome` in params.yaml"):
+        co.check_task(generated, c, splits, 10)
     rare = TaskSpec("rare", ("ICD10/I63.9",), 30, 365)
     c = co.build_tasks(generated, (rare,), seed=3)["rare"]
     with pytest.raises(co.CohortError, match=r"task 'rare' \(outcome \['ICD10/I63.9'\]\): \d+ positive patient"):
