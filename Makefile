@@ -33,7 +33,7 @@ test: venv
 
 ## make lab: JupyterLab on notebooks/ with the project's kernel
 lab: venv
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 ## make bench: the benchmarks (figures printed, not asserted)
 bench: venv
