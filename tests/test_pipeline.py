@@ -98,6 +98,9 @@ def test_second_repro_does_nothing(tiny_study):
     copy, env, _ = tiny_study
     again = _run([sys.executable, "-m", "dvc", "repro"], copy, env)
     assert "Running stage" not in again.stdout
+    plots = _run([sys.executable, "-m", "dvc", "plots", "show", "--json"], copy, env)
+    shown_plots = json.loads(plots.stdout)
+    assert "reports/baseline/figures/auprc_by_budget.png" in json.dumps(shown_plots)
     metrics = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], copy, env)
     shown = json.loads(metrics.stdout)
     files = {f for workspace in shown.values() for f in workspace["data"]}
