@@ -1,0 +1,213 @@
+"""Pretraining: packing, schedule, learning, bitwise resume, metrics files and 2-process DDP equivalence."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from claimsutil import cohort as co
+from claimsutil import tokenize as tok
+from claimsutil import train as tr
+from claimsutil.config import CohortParams, SynthParams
+from claimsutil.model import PAD_ID, config_for
+from claimsutil.synth import generate
+
+ROW_LEN = 128
+CONFIG = tr.PretrainConfig(
+    seed=3,
+    tokens_per_step=2048,
+    micro_tokens=512,  # 4 rows per micro-batch: ~4 micro-batches per step, so accumulation is exercised
+    max_steps=30,
+    lr=3e-3,
+    min_lr=3e-4,
+    warmup_steps=5,
+    eval_every=10,
+    eval_tokens=2048,
+    checkpoint_every=1000,
+    num_threads=1,
+    device="cpu",  # bitwise comparisons hold on CPU (CUDA's scatter-adds are not deterministic)
+)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("train") / "meds"
+    generate(SynthParams(patients=600, seed=1, block_size=300, shard_size=600, workers=1), out,
+             out.with_name("meds_truth"), progress=False)  # fmt: skip
+    splits = co.assign_splits(co.subject_hospitals(out), CohortParams())
+    splits_path = out.with_name("splits.parquet")
+    splits.write_parquet(splits_path)
+    ids = splits.filter(pl.col("split").is_in(["train", "validation"]))["subject_id"].to_numpy()
+    vocab = tok.build_vocabulary(out, ids, tok.TokenizeConfig())
+    store_dir = out.with_name("tokens")
+    tok.build_store(out, vocab, store_dir, tok.TokenizeConfig())
+    return {
+        "dir": store_dir,
+        "splits": splits_path,
+        "train": splits.filter(pl.col("split") == "train")["subject_id"].to_numpy(),
+        "val": splits.filter(pl.col("split") == "validation")["subject_id"].to_numpy(),
+        "model": config_for("demo", "xs", vocab_size=len(vocab.tokens), max_len=ROW_LEN),
+    }
+
+
+def run(store: dict, out: Path, config: tr.PretrainConfig = CONFIG, **kwargs) -> dict:
+    return tr.pretrain(
+        store["dir"], store["train"], store["model"], config, out, store["val"], progress=False, **kwargs
+    )
+
+
+def test_packing_whole_patients_once_per_epoch_little_padding(store):
+    s = tok.TokenStore(store["dir"])
+    idx = np.searchsorted(s.subjects, np.sort(store["train"]))
+    stream = tr.PackedRows(s, idx, ROW_LEN, seed=0)
+    for epoch in (0, 1):
+        rows = stream.epoch_rows(epoch)
+        placed = np.concatenate([np.asarray(r) for r in rows])
+        assert np.array_equal(np.sort(placed), np.arange(len(idx)))  # every patient exactly once
+        fill = np.array([stream.lengths[r].sum() for r in rows])
+        assert fill.max() <= ROW_LEN
+        assert 1 - fill.sum() / (len(rows) * ROW_LEN) < 0.10  # padding fraction
+    assert stream.epoch_rows(0) != stream.epoch_rows(1)  # a new permutation each epoch...
+    assert stream.epoch_rows(0) == tr.PackedRows(s, idx, ROW_LEN, seed=0).epoch_rows(0)  # ...fixed by the seed
+
+    rows = stream.epoch_rows(0)[:6]
+    b = stream.tensors(rows)
+    for r, row in enumerate(rows):  # each segment is one patient's whole (cut) sequence, in order
+        for k, p in enumerate(row):
+            tokens, ages, _ = s.sequence(int(idx[p]), max_len=ROW_LEN)
+            seg = b["segments"][r] == k
+            assert torch.equal(b["tokens"][r][seg], torch.from_numpy(tokens.astype(np.int64)))
+            torch.testing.assert_close(b["ages"][r][seg], torch.from_numpy(ages), rtol=0, atol=0, equal_nan=True)
+        assert (b["tokens"][r][b["segments"][r] == len(row)] == PAD_ID).all()
+
+    steps, position, seen = [], (0, 0), 0
+    while position[0] == 0:
+        step_rows, position = stream.next_step(position, 2048)
+        assert stream.lengths[np.concatenate(step_rows)].sum() >= 2048
+        steps.append(step_rows)
+        seen += len(step_rows)
+    assert seen >= len(stream.epoch_rows(0))  # the epoch boundary is crossed without losing rows
+
+
+def test_schedule_warmup_then_cosine_to_min_lr():
+    c = replace(CONFIG, max_steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-4)
+    lrs = [tr.learning_rate(s, c) for s in range(c.max_steps)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert np.all(np.diff(lrs[:10]) > 0) and np.all(np.diff(lrs[9:]) <= 0)
+    assert lrs[-1] == pytest.approx(1e-4)
+    mid = 10 + (99 - 10) / 2
+    assert tr.learning_rate(int(mid), c) == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi * 44 / 89)) * 9e-4)
+
+
+def test_loss_decreases_and_outputs_are_consistent(store, tmp_path):
+    m = run(store, tmp_path, resume=False)
+    with open(tmp_path / "loss_curve.csv", newline="") as fh:
+        curve = list(csv.DictReader(fh))
+    train = [float(r["train_loss"]) for r in curve]
+    assert len(curve) == CONFIG.max_steps
+    assert np.mean(train[-5:]) < np.mean(train[:5]) - 0.5
+    val = [float(r["val_loss_total"]) for r in curve if r["val_loss_total"]]
+    assert len(val) == 3 and val[-1] < val[0]
+
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(m))
+    for key in ("parameters", "parameters_non_embedding", "tokens_seen", "training_flops", "wall_time_s",
+                "tokens_per_s", "padding_fraction", "steps", "world_size", "final_val_loss"):  # fmt: skip
+        assert key in m, key
+    assert m["steps"] == CONFIG.max_steps and m["world_size"] == 1
+    assert m["parameters"] > m["parameters_non_embedding"] > 0
+    # Each step takes whole rows until it has tokens_per_step real tokens: at most one row's worth over.
+    assert (
+        CONFIG.max_steps * CONFIG.tokens_per_step
+        <= m["tokens_seen"]
+        < CONFIG.max_steps * (CONFIG.tokens_per_step + ROW_LEN)
+    )
+    assert 0 <= m["padding_fraction"] < 0.10
+    assert m["tokens_processed"] * (1 - m["padding_fraction"]) == pytest.approx(m["tokens_seen"])
+    assert m["training_flops"] >= 6 * m["parameters_non_embedding"] * m["tokens_seen"]
+    assert set(m["final_val_loss"]) == {"diagnosis", "drug", "age", "total"}
+    assert m["final_val_loss"]["total"] == pytest.approx(val[-1])
+    s = tok.TokenStore(store["dir"])
+    no_age = set(s.subjects[tr.patients_without_age(s)].tolist())  # dropped, and counted, not silently
+    assert m["patients_without_age"] == len(no_age & set(store["train"]) | no_age & set(store["val"]))
+    assert m["patients_pretrain"] == len(set(store["train"]) - no_age)
+    model = tr.load_pretrained(tmp_path / "model.pt")
+    assert model.get_num_params(non_embedding=False) == m["parameters"]
+
+
+def test_resume_is_bitwise_identical(store, tmp_path):
+    c = replace(CONFIG, max_steps=8, warmup_steps=2, eval_every=3)
+    straight = run(store, tmp_path / "straight", c)
+    first = run(store, tmp_path / "resumed", c, stop_after=4)
+    assert first["stopped"] and not (tmp_path / "resumed" / "model.pt").exists()
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["step"] == 4
+    resumed = run(store, tmp_path / "resumed", c)
+    assert straight["resumed_from_step"] == 0 and resumed["resumed_from_step"] == 4
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "straight" / "loss_curve.csv").read_text() == (
+        tmp_path / "resumed" / "loss_curve.csv"
+    ).read_text()
+    for key in ("tokens_seen", "tokens_processed", "padding_fraction", "final_val_loss", "final_train_loss"):
+        assert straight[key] == resumed[key], key
+
+
+def test_ddp_two_processes_match_one(store, tmp_path):
+    """Two gloo processes, each half of every step's rows, against one process doing all of them. Same rows,
+    same masks (seeded by step, not rank), same global loss normalisation, so only the order of the floating
+    point sums differs (each rank accumulates its micro-batches, then the all-reduce adds the two halves):
+    ~1e-7 relative per step, which Adam's normalisation can lift to ~1e-6 in the weights after a few steps.
+    Tolerance: 1e-4 absolute on weights (~0.02 scale) and 1e-4 relative on losses."""
+    args = ["--store", str(store["dir"]), "--splits", str(store["splits"]), "--profile", "demo", "--scale", "xs",
+            "--max-len", str(ROW_LEN), "--max-steps", "4", "--warmup-steps", "2", "--tokens-per-step", "2048",
+            "--micro-tokens", "512", "--lr", "3e-3", "--eval-every", "2", "--eval-tokens", "1024",
+            "--num-threads", "1", "--seed", "5", "--device", "cpu", "--no-progress"]  # fmt: skip
+    single = tr.main([*args, "--out", str(tmp_path / "one")])
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "claimsutil.train",
+    ]
+    done = subprocess.run([*cmd, *args, "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env,
+                          timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    double = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert double["world_size"] == 2 and single["world_size"] == 1
+    assert double["tokens_seen"] == single["tokens_seen"]
+    assert double["tokens_processed"] == single["tokens_processed"]
+    assert double["final_train_loss"] == pytest.approx(single["final_train_loss"], rel=1e-4)
+    for f, v in single["final_val_loss"].items():
+        assert double["final_val_loss"][f] == pytest.approx(v, rel=1e-4), f
+    a = torch.load(tmp_path / "one" / "model.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "two" / "model.pt", weights_only=False)["model"]
+    worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+    print(f"DDP vs single: max |weight difference| = {worst:.2e}")
+    assert worst < 1e-4
+
+
+def test_bad_inputs_are_named(store, tmp_path):
+    with pytest.raises(KeyError, match="not in the token store"):
+        tr.pretrain(store["dir"], [-1, *store["train"]], store["model"], CONFIG, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="overlap"):
+        tr.pretrain(store["dir"], store["train"], store["model"], CONFIG, tmp_path, store["train"][:5], progress=False)
+    c = replace(CONFIG, max_steps=2, warmup_steps=1)
+    run(store, tmp_path / "a", c, stop_after=1)
+    with pytest.raises(ValueError, match="another model or pretraining config"):
+        run(store, tmp_path / "a", replace(c, lr=1e-2))
