@@ -94,8 +94,10 @@ class AgeEncoding(nn.Module):
     def forward(self, ages: torch.Tensor) -> torch.Tensor:
         # Bins below the age are full (1), bins above empty (0), the bin holding it is filled linearly, so
         # the encoding is continuous in age yet lets the Linear learn a different slope per age band.
-        enc = ((ages.float().unsqueeze(-1) - self.left) / self.width).clamp(0.0, 1.0)  # (B, T, K)
-        return self.proj(enc)  # (B, T, C)
+        ages = ages.float().unsqueeze(-1)  # (B, T, 1)
+        enc = ((ages - self.left) / self.width).clamp(0.0, 1.0)  # (B, T, K)
+        # An unknown age (NaN: no birth record in the data) contributes nothing rather than poisoning the row.
+        return self.proj(enc.nan_to_num(0.0)).masked_fill(ages.isnan(), 0.0)  # (B, T, C)
 
 
 class SelfAttention(nn.Module):
@@ -285,9 +287,11 @@ class ClaimsEncoder(nn.Module):
                 out[f"logits_{name}"] = logits
         z = (ages.float() / DAYS_PER_YEAR - cfg.age_center_years) / cfg.age_scale_years  # (N,)
         pred = self.age_head(x).squeeze(-1).float()  # (N,)
+        known = ~z.isnan()  # no age target where the birth date is unknown
         # Smooth L1 (Huber, beta 1 sd): quadratic near the truth, linear for the rare wrong birth date.
-        out["loss_age"] = F.smooth_l1_loss(pred, z, reduction="sum") / max(len(z), 1)
-        out["n_age"] = torch.tensor(len(z), device=x.device)
+        loss = F.smooth_l1_loss(pred[known], z[known], reduction="sum")
+        out["loss_age"] = loss / max(int(known.sum()), 1)
+        out["n_age"] = known.sum()
         if return_logits:
             out["age_pred"] = pred
         out["loss"] = (

@@ -19,8 +19,8 @@ model): each micro-batch's family mean is re-weighted by its share of the step's
 loss is multiplied by world_size because DDP averages gradients. So the gradient is the same whatever the
 micro-batching or the number of processes, up to the order of floating-point sums.
 
-Patients without an age (no MEDS_BIRTH: NaN ages, which the age encoding and regression cannot take) are
-left out of pretraining and validation and counted in the metrics (patients_without_age).
+Patients without an age (no MEDS_BIRTH: NaN ages) train like the others: the model gives an unknown age no
+embedding and no age target. They are counted in the metrics (patients_without_age).
 
 Reproducibility. The model is initialised from torch.manual_seed(seed); the data position, the optimizer,
 the step (the schedule is a function of it), the RNG states and the loss history are checkpointed, so a
@@ -393,13 +393,11 @@ def _pretrain(store_dir, pretrain_ids, model_config, config, out_dir, val_ids, r
     val_idx = _store_indices(store, val_ids) if val_ids is not None and len(val_ids) else None
     if val_idx is not None and np.intersect1d(train_idx, val_idx).size:
         raise ValueError("validation patients overlap the pretraining patients")
-    # Dropped and counted (metrics: patients_without_age), never silently: a NaN age would poison every loss.
+    # Counted, not dropped: the model ignores unknown (NaN) ages.
     no_age = patients_without_age(store)
-    dropped = int(np.isin(train_idx, no_age).sum())
-    train_idx = train_idx[~np.isin(train_idx, no_age)]
-    if val_idx is not None:
-        dropped += int(np.isin(val_idx, no_age).sum())
-        val_idx = val_idx[~np.isin(val_idx, no_age)]
+    dropped = int(np.isin(train_idx, no_age).sum()) + (
+        int(np.isin(val_idx, no_age).sum()) if val_idx is not None else 0
+    )
     row_len = model_config.max_len
     torch.manual_seed(config.seed)
     model = ClaimsEncoder(model_config, family).to(device)

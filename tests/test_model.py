@@ -235,3 +235,20 @@ def test_flops_and_mfu():
     assert model.estimate_mfu(tokens_per_iter=1000, dt=1.0, seq_len=32, peak_flops=1e12) == pytest.approx(
         model.flops_per_token(32) * 1000 / 1e12
     )
+
+
+def test_unknown_ages_are_ignored_not_propagated():
+    """A patient without a birth record (NaN ages) trains like the others: finite losses, no age target."""
+    torch.manual_seed(0)
+    family = torch.tensor([0, 0, 0, 0] + [1] * 10 + [2] * 10)
+    model = ClaimsEncoder(config_for("demo", "xs", vocab_size=24, max_len=16), family)
+    tokens = torch.randint(4, 24, (2, 16))
+    ages = torch.full((2, 16), 20000.0)
+    ages[1] = float("nan")
+    positions = torch.zeros(2, 16, dtype=torch.bool)
+    positions[:, 3] = True
+    targets = torch.where(positions, tokens, torch.full_like(tokens, -100))
+    masked = tokens.masked_fill(positions, 1)
+    out = model(masked, ages, mlm_positions=positions, targets=targets)
+    assert torch.isfinite(out["loss"]) and int(out["n_age"]) == 1
+    assert torch.isfinite(model.encode(masked, ages)).all()
