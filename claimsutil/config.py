@@ -149,6 +149,8 @@ class StudyParams:
     cohort: CohortParams = dataclasses.field(default_factory=lambda: CohortParams())
     tasks: tuple[TaskSpec, ...] = ()
     tokenize: dict = dataclasses.field(default_factory=dict)  # claimsutil.tokenize.tokenize_config() reads it
+    pretrain: dict = dataclasses.field(default_factory=dict)  # claimsutil.train.pretrain_config() reads it
+    scales: dict = dataclasses.field(default_factory=dict)  # scale name -> overrides of `pretrain`
     features: dict = dataclasses.field(default_factory=dict)  # claimsutil.features.feature_config() reads it
     baseline: dict = dataclasses.field(default_factory=dict)  # claimsutil.baseline.baseline_params() reads it
 
@@ -210,6 +212,8 @@ def load_params(path: str | Path | None = None) -> StudyParams:
         cohort=cohort,
         tasks=_tasks(raw.get("tasks"), cohort),
         tokenize=dict(raw.get("tokenize") or {}),
+        pretrain=dict(raw.get("pretrain") or {}),
+        scales={str(k): dict(v or {}) for k, v in (raw.get("scales") or {}).items()},
         features=dict(raw.get("features") or {}),
         baseline=dict(raw.get("baseline") or {}),
     )

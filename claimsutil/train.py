@@ -580,3 +580,47 @@ if __name__ == "__main__":
     result = main()
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))
+
+
+def pretrain_config(raw: dict) -> PretrainConfig:
+    """A PretrainConfig from params.yaml values (the `pretrain` section merged with a scale's overrides)."""
+    from claimsutil.config import build_section
+
+    raw = {k: v for k, v in raw.items() if k != "profile"}
+    if "betas" in raw:
+        raw["betas"] = tuple(raw["betas"])
+    return build_section(PretrainConfig, "pretrain", raw)
+
+
+def fresh_start_reason(out_dir: str | Path, model_config: ModelConfig, config: PretrainConfig) -> str | None:
+    """Why OUT_DIR's checkpoint must not be resumed (None: resume it, or there is none).
+
+    A stage rerun by DVC keeps its outputs (persist), so an interrupted run continues; but a checkpoint of
+    another configuration, or of a finished run (the code or data changed since), starts over."""
+    path = Path(out_dir) / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if ckpt["model_config"] != asdict(model_config) or ckpt["pretrain_config"] != asdict(config):
+        return f"{path} was written with another configuration"
+    if ckpt["step"] >= config.max_steps:
+        return f"{path} is a finished run (its inputs changed since)"
+    return None
+
+
+def plot_loss_curve(curve, title: str = ""):
+    """Training loss per step and the validation losses per family where they were evaluated."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot(curve["step"], curve["train_loss"], label="train (total)", color="tab:blue", alpha=0.7)
+    for column in [c for c in curve.columns if c.startswith("val_")]:
+        points = curve.select("step", column).drop_nulls()
+        if points.height:
+            ax.plot(points["step"], points[column], "o-", label=column.replace("_", " "), ms=3)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

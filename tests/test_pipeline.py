@@ -14,10 +14,12 @@ import pytest
 
 from claimsutil.config import use_profile
 from claimsutil.meds import validate_dataset
+from claimsutil.model import SCALES as MODEL_SCALES
 from claimsutil.tokenize import TokenStore
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.pipeline
+SCALES = tuple(MODEL_SCALES["demo"])  # the tiny profile pretrains every demo scale for a few steps
 
 
 def _project_files() -> list[str]:
@@ -56,7 +58,8 @@ def tiny_study(tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProces
 
 def test_repro_builds_every_output(tiny_study):
     copy, _, first = tiny_study
-    for stage in ("synthesize", "describe", "cohort", "tokenize", "baseline"):
+    stages = ("synthesize", "describe", "cohort", "tokenize", "baseline", *(f"pretrain@{s}" for s in SCALES))
+    for stage in stages:
         assert f"Running stage '{stage}'" in first.stdout
     report = validate_dataset(copy / "data" / "meds")
     assert report.ok and report.n_subjects == 8000
@@ -92,6 +95,23 @@ def test_repro_builds_every_output(tiny_study):
         b["auprc"]["low"] <= b["auprc"]["point"] <= b["auprc"]["high"] for t in tasks for b in baseline[t].values()
     )
     assert (copy / "reports" / "baseline" / "baseline_results.md").is_file()
+    # Pretraining: one model per scale, Table 1's columns in each scale's metrics, sizes growing with scale.
+    sizes = []
+    for scale in SCALES:
+        m = json.loads((copy / "data" / "metrics" / f"pretrain-{scale}.json").read_text())
+        assert {
+            "layers",
+            "width",
+            "heads",
+            "ffn",
+            "tokens_seen",
+            "training_flops",
+            "wall_time_s",
+            "final_val_loss",
+        } <= set(m)
+        assert (copy / "data" / "models" / scale / "model.pt").is_file() and m["steps"] == 3
+        sizes.append(m["parameters"])
+    assert sizes == sorted(sizes) and sizes[-1] > 30 * sizes[0]
 
 
 def test_second_repro_does_nothing(tiny_study):
@@ -104,7 +124,7 @@ def test_second_repro_does_nothing(tiny_study):
     metrics = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], copy, env)
     shown = json.loads(metrics.stdout)
     files = {f for workspace in shown.values() for f in workspace["data"]}
-    expected = {"synthesize", "cohort", "tokenize", "baseline"}
+    expected = {"synthesize", "cohort", "tokenize", "baseline", *(f"pretrain-{s}" for s in SCALES)}
     assert {f"data/metrics/{name}.json" for name in expected} | {"reports/data/metrics.json"} <= files
 
 
