@@ -35,10 +35,12 @@ test: venv
 lab: venv
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
-## make bench: the benchmarks (figures printed, not asserted)
+## make bench: the benchmarks (figures printed, not asserted); installs the `bench` extra (transformers)
 bench: venv
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python -m claimsutil.bench synth
 	$(BIN)/python -m claimsutil.bench features
+	$(BIN)/python -m claimsutil.bench pretrain
 
 lint: venv
 	$(BIN)/ruff check claimsutil tests notebooks

@@ -2,6 +2,7 @@
 
     python -m claimsutil.bench synth [--patients 100000] [--workers 2]
     python -m claimsutil.bench features [--patients 100000] [--meds DIR]
+    python -m claimsutil.bench pretrain [--profile demo --scale xl --seconds 20 --threads 2]  (needs the bench extra)
 
 The last line of each subcommand is machine-readable, e.g. `events_per_s=1234567 peak_rss_mib=812`.
 Peak RSS is sampled over the whole process tree (the parent and its worker processes together).
@@ -171,6 +172,203 @@ def bench_features(args: argparse.Namespace) -> str:
     return f"patients_per_s={labels.height / (t2 - t0):.0f} peak_rss_mib={rss.mib:.0f}"
 
 
+# ------------------------------------------------------------------------------------------- pretrain
+
+
+def gemm_peak_flops(n: int = 2048, repeats: int = 5, dtype=None) -> float:
+    """FLOP/s of the best of REPEATS (n x n) @ (n x n) matmuls in DTYPE (float32): the machine's practical peak
+    at the current torch thread count, the denominator of MFU."""
+    import torch
+
+    dtype = dtype or torch.float32
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)  # warm-up: thread pool and kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best
+
+
+def padding_share(lengths_per_row: list[list[int]], row_len: int | None = None) -> float:
+    """Share of processed token slots that are padding: rows of ROW_LEN slots (packed), or, with row_len None,
+    each row padded to the longest of the batch (dynamic padding, one patient per row)."""
+    real = sum(sum(row) for row in lengths_per_row)
+    width = row_len if row_len is not None else max((sum(row) for row in lengths_per_row), default=0)
+    slots = width * len(lengths_per_row)
+    return 1.0 - real / slots if slots else 0.0
+
+
+def _prepare_token_store(work: Path, max_len: int):
+    """A small synthetic MEDS dataset tokenized into WORK/tokens (not timed)."""
+    import polars as pl
+
+    from claimsutil import tokenize as tok
+    from claimsutil.config import SynthParams
+    from claimsutil.meds import shard_paths
+    from claimsutil.synth import generate
+
+    params = SynthParams(patients=3000, seed=1, block_size=1000, shard_size=3000, workers=1)
+    generate(params, work / "meds", work / "meds_truth", progress=False)
+    ids = pl.concat([pl.read_parquet(p, columns=["subject_id"]) for p in shard_paths(work / "meds")])["subject_id"]
+    config = tok.TokenizeConfig(max_len=max_len)
+    vocab = tok.build_vocabulary(work / "meds", ids.unique().to_numpy(), config)
+    tok.build_store(work / "meds", vocab, work / "tokens", config)
+    return tok.TokenStore(work / "tokens")
+
+
+def _hf_model(config, vocab_size: int):
+    """BertForMaskedLM of the same width, depth, heads, FFN, vocabulary and length as our CONFIG."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    hf_config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=config.n_embd,
+        num_hidden_layers=config.n_layer,
+        num_attention_heads=config.n_head,
+        intermediate_size=config.ffn_mult * config.n_embd,
+        max_position_embeddings=config.max_len,
+        hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.dropout,
+        pad_token_id=0,
+    )
+    return BertForMaskedLM(hf_config)
+
+
+def _hf_optimizer(model, config):
+    """AdamW as make_optimizer: decay on matmul weights, none on biases, LayerNorms and embeddings."""
+    import torch
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "embeddings" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, foreach=False)
+
+
+def _hf_batch(stream, rows: list[list[int]], family, config, step: int):
+    """The step's patients as HF's users feed them: one per row, padded to the longest (dynamic padding),
+    labels -100 except at the masked positions."""
+    import torch
+
+    from claimsutil.model import PAD_ID, masking
+    from claimsutil.train import step_generator
+
+    patients = [p for row in rows for p in row]
+    seqs = [stream.store.sequence(int(stream.indices[p]), max_len=stream.row_len)[0] for p in patients]
+    width = max(len(s) for s in seqs)
+    tokens = torch.full((len(seqs), width), PAD_ID, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        tokens[i, : len(s)] = torch.from_numpy(s.astype("int64"))
+    corrupted, _, labels = masking(tokens, family, config.mask_rate, step_generator(config.seed, step))
+    return {"input_ids": corrupted, "attention_mask": (tokens != PAD_ID).long(), "labels": labels}
+
+
+def _timed_steps(step_fns: dict, seconds: float, warmup: int) -> dict[str, tuple[int, int, float]]:
+    """Runs each of STEP_FNS (each returns the real tokens of its step) WARMUP times untimed, then in turns, one
+    step each, until every one has run SECONDS: taking turns gives both the same machine load. {name: (steps,
+    real tokens, seconds)}."""
+    for fn in step_fns.values():
+        for _ in range(warmup):
+            fn()
+    done = dict.fromkeys(step_fns, (0, 0, 0.0))
+    while min(t for _, _, t in done.values()) < seconds:
+        for name, fn in step_fns.items():
+            t0 = time.perf_counter()
+            real = fn()
+            steps, total, elapsed = done[name]
+            done[name] = (steps + 1, total + real, elapsed + time.perf_counter() - t0)
+    return done
+
+
+def _op_table(step_fn, steps: int = 3, rows: int = 12) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step_fn()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+
+
+def bench_pretrain(args: argparse.Namespace) -> str:
+    import numpy as np
+    import torch
+
+    from claimsutil.model import ClaimsEncoder, config_for
+    from claimsutil.train import PackedRows, PretrainConfig, _train_step, autocast_for, make_optimizer
+
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="claims-bench-"))
+    try:
+        print(f"tokenizing 3,000 synthetic patients (not timed), max_len={args.max_len}", flush=True)
+        store = _prepare_token_store(work, args.max_len)
+        family = torch.as_tensor(store.vocab.family_ids, dtype=torch.long)
+        model_config = config_for(args.profile, args.scale, vocab_size=len(family), max_len=args.max_len)
+        config = PretrainConfig(tokens_per_step=args.tokens_per_step, bf16=args.bf16 == "true", device="cpu")
+        cpu = torch.device("cpu")
+        torch.manual_seed(config.seed)
+        ours = ClaimsEncoder(model_config, family).train()
+        hf = _hf_model(model_config, len(family)).train()
+        opt_ours, opt_hf = make_optimizer(ours, config), _hf_optimizer(hf, config)
+        ours_stream = PackedRows(store, np.arange(len(store)), args.max_len, config.seed)
+        hf_stream = PackedRows(store, np.arange(len(store)), args.max_len, config.seed)
+        state = {"ours": (0, 0), "hf": (0, 0), "step": 0}
+        counters = {"tokens": 0, "processed": 0, "pad": 0}
+        hf_slots = {"real": 0, "processed": 0}
+
+        def step_ours() -> int:
+            rows, state["ours"] = ours_stream.next_step(state["ours"], config.tokens_per_step)
+            opt_ours.zero_grad(set_to_none=True)
+            _train_step(ours, None, ours_stream, rows, state["step"], config, 1, 0, cpu, counters)
+            torch.nn.utils.clip_grad_norm_(ours.parameters(), config.grad_clip)
+            opt_ours.step()
+            return int(sum(int(ours_stream.lengths[r].sum()) for r in rows))
+
+        def step_hf() -> int:
+            # The same rows of the same stream, so the same patients (and real tokens) per step.
+            rows, state["hf"] = hf_stream.next_step(state["hf"], config.tokens_per_step)
+            batch = _hf_batch(hf_stream, rows, family, config, state["step"])
+            opt_hf.zero_grad(set_to_none=True)
+            with autocast_for(cpu, config.bf16):
+                loss = hf(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(hf.parameters(), config.grad_clip)
+            opt_hf.step()
+            hf_slots["real"] += int(batch["attention_mask"].sum())
+            hf_slots["processed"] += batch["attention_mask"].numel()
+            return int(batch["attention_mask"].sum())
+
+        n_ours = ours.get_num_params(non_embedding=False)
+        n_hf = sum(p.numel() for p in hf.parameters())
+        print(f"model {args.profile}/{args.scale}: n_layer={model_config.n_layer} n_head={model_config.n_head} "
+              f"n_embd={model_config.n_embd} vocab={len(family)} max_len={args.max_len}; parameters ours={n_ours:,} "
+              f"hf={n_hf:,}; hf attention={hf.config._attn_implementation}; threads={torch.get_num_threads()} "
+              f"bf16={config.bf16} tokens_per_step={config.tokens_per_step}")  # fmt: skip
+        peak_dtype = torch.bfloat16 if config.bf16 else torch.float32
+        peak = gemm_peak_flops(dtype=peak_dtype)  # before and after the timing: the best of both
+        results = {}
+        for name, (steps, real, seconds) in _timed_steps({"ours": step_ours, "hf": step_hf}, args.seconds,
+                                                         args.warmup).items():  # fmt: skip
+            results[name] = real / seconds
+            print(f"{name}: steps={steps} real_tokens={real:,} seconds={seconds:.1f} real_tokens_per_s="
+                  f"{real / seconds:,.0f} s_per_step={seconds / max(steps, 1):.3f}", flush=True)  # fmt: skip
+        if args.op_table:
+            for name, fn in (("ours", step_ours), ("hf", step_hf)):
+                print(f"--- {name}: top ops by self CPU time over 3 steps\n{_op_table(fn)}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    padding = counters["pad"] / max(counters["processed"], 1)
+    hf_padding = 1 - hf_slots["real"] / max(hf_slots["processed"], 1)
+    peak = max(peak, gemm_peak_flops(dtype=peak_dtype))
+    achieved = ours.flops_per_token(args.max_len) * results["ours"]
+    print(f"padding: ours={padding:.3f} (packed rows of {args.max_len}) hf={hf_padding:.3f} (padded to the longest)")
+    fpt = ours.flops_per_token(args.max_len)
+    print(f"gemm_peak_gflops={peak / 1e9:.1f} ({'bf16' if config.bf16 else 'fp32'}, 2048^3) "
+          f"ours_achieved_gflops={achieved / 1e9:.2f} flops_per_token={fpt:,.0f}")  # fmt: skip
+    return f"speedup_vs_hf={results['ours'] / results['hf']:.2f} mfu={achieved / peak:.4f} padding={padding:.4f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m claimsutil.bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -191,8 +389,19 @@ def main(argv: list[str] | None = None) -> int:
     feats.add_argument("--shard-size", type=int, default=10_000)
     feats.add_argument("--train-fraction", type=float, default=0.7, help="label rows the vocabulary is fitted on")
     feats.add_argument("--no-progress", action="store_true")
+    pre = sub.add_parser("pretrain", help="pretraining real tokens/s against HF BertForMaskedLM; MFU and padding")
+    pre.add_argument("--profile", default="demo", help="model scale presets (model.SCALES)")
+    pre.add_argument("--scale", default="xl")
+    pre.add_argument("--seconds", type=float, default=20.0, help="timed seconds per model")
+    pre.add_argument("--threads", type=int, default=1, help="torch threads (pretraining runs 1 per process)")
+    pre.add_argument("--max-len", type=int, default=256, help="model max_len = packed row length")
+    pre.add_argument("--tokens-per-step", type=int, default=4096, help="real tokens per optimizer step")
+    pre.add_argument("--warmup", type=int, default=3, help="untimed steps per model")
+    pre.add_argument("--bf16", choices=["true", "false"], default="true", help="bf16 autocast for both models")
+    pre.add_argument("--op-table", action="store_true", help="also print torch.profiler's top ops per model")
     args = parser.parse_args(argv)
-    line = {"synth": bench_synth, "features": bench_features}[args.command](args)
+    commands = {"synth": bench_synth, "features": bench_features, "pretrain": bench_pretrain}
+    line = commands[args.command](args)
     print(line)
     return 0
 
