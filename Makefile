@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name 'Python (claimsutil)'
 	touch $@
 
@@ -25,7 +25,7 @@ ifdef PROFILE
 	$(BIN)/python -m claimsutil.config use $(PROFILE)
 endif
 	$(BIN)/dvc repro
-	@echo "Reports: reports/*.html (open reports/00_data.html first); tables: reports/*/*.md; metrics: .venv/bin/dvc metrics show"
+	@echo "The study: reports/index.html (findings, tables, figures, every notebook); metrics: .venv/bin/dvc metrics show"
 
 ## make test: the unit tests and the tiny-profile pipeline test
 test: venv

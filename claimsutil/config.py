@@ -153,6 +153,8 @@ class StudyParams:
     scales: dict = dataclasses.field(default_factory=dict)  # scale name -> overrides of `pretrain`
     features: dict = dataclasses.field(default_factory=dict)  # claimsutil.features.feature_config() reads it
     baseline: dict = dataclasses.field(default_factory=dict)  # claimsutil.baseline.baseline_params() reads it
+    finetune: dict = dataclasses.field(default_factory=dict)  # claimsutil.finetune.finetune_config() reads it
+    scaling: dict = dataclasses.field(default_factory=dict)  # notebook 06: seed, n_resamples, alpha
 
     def task(self, name: str) -> TaskSpec:
         for spec in self.tasks:
@@ -216,6 +218,8 @@ def load_params(path: str | Path | None = None) -> StudyParams:
         scales={str(k): dict(v or {}) for k, v in (raw.get("scales") or {}).items()},
         features=dict(raw.get("features") or {}),
         baseline=dict(raw.get("baseline") or {}),
+        finetune=dict(raw.get("finetune") or {}),
+        scaling=dict(raw.get("scaling") or {}),
     )
 
 

@@ -137,18 +137,38 @@ def _checked(y_true, *probs) -> tuple[np.ndarray, list[np.ndarray]]:
 # Point estimates and weighted (bootstrap) estimates.
 
 
-def score(y_true: Sequence | np.ndarray, y_prob: Sequence | np.ndarray) -> dict[str, float]:
-    """AUPRC (average precision), AUROC, Brier score and the sample's size and prevalence."""
+def score(
+    y_true: Sequence | np.ndarray, y_prob: Sequence | np.ndarray, weights: Sequence | np.ndarray | None = None
+) -> dict[str, float]:
+    """AUPRC (average precision), AUROC, Brier score and the sample's size and prevalence.
+
+    WEIGHTS (one per row, e.g. inverse sampling fractions of a case-cohort sample) weight every metric and the
+    prevalence; n and positives stay row counts."""
     y, (p,) = _checked(y_true, y_prob)
+    w = _row_weights(weights, len(y))
     positives = int(y.sum())
     return {
-        "auprc": float(average_precision_score(y, p)),
-        "auroc": float(roc_auc_score(y, p)),
-        "brier": float(brier_score_loss(y, p)),
+        "auprc": float(average_precision_score(y, p, sample_weight=w)),
+        "auroc": float(roc_auc_score(y, p, sample_weight=w)),
+        "brier": float(brier_score_loss(y, p, sample_weight=w)),
         "n": len(y),
         "positives": positives,
-        "prevalence": positives / len(y),
+        "prevalence": positives / len(y) if w is None else float(w @ y / w.sum()),
     }
+
+
+def _row_weights(weights: Sequence | np.ndarray | None, n: int) -> np.ndarray | None:
+    """Validated row weights (None: unweighted): finite, positive, one per row."""
+    if weights is None:
+        return None
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (n,):
+        raise ValueError(f"weights must have one value per row ({n}), got shape {w.shape}")
+    bad = ~np.isfinite(w) | (w <= 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"weights must be finite and positive; row {i} has {w[i]}")
+    return w
 
 
 def _score_blocks(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -247,7 +267,7 @@ def _units(y: np.ndarray, groups) -> np.ndarray | None:
 
 
 def _bootstrap(
-    y: np.ndarray, probs: list[np.ndarray], groups, n_resamples: int, seed: int
+    y: np.ndarray, probs: list[np.ndarray], groups, n_resamples: int, seed: int, row_weights=None
 ) -> tuple[list[dict[str, np.ndarray]], int]:
     """Metric values per resample for each probability array, all on the same resamples; plus the redraws."""
     if n_resamples < 1:
@@ -266,6 +286,8 @@ def _bootstrap(
         counts, extra = _two_class_counts(rng, min(chunk, n_resamples - start), has_pos, has_neg)
         redraws += extra
         w = (counts if unit is None else counts[:, unit]).astype(np.float64)  # a patient's rows share its count
+        if row_weights is not None:
+            w *= row_weights  # a drawn row counts with its sampling weight
         parts.append([_weighted_metrics(y, p, w, b) for p, b in zip(probs, blocks, strict=True)])
     stats = [{m: np.concatenate([part[i][m] for part in parts]) for m in METRICS} for i in range(len(probs))]
     return stats, redraws
@@ -305,15 +327,18 @@ def paired_bootstrap(
     n_resamples: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    weights: Sequence | np.ndarray | None = None,
 ) -> dict[str, PairedResult]:
     """Difference a - b of each metric on the same resamples (same patients), with a two-sided p-value.
+    WEIGHTS: row weights, as in `score`.
 
     p = 2 * min(share of differences <= 0, share >= 0), clipped to [1 / (n_resamples + 1), 1]. For Brier
     lower is better, so a better model a has a negative difference there.
     """
     y, (a, b) = _checked(y_true, prob_a, prob_b)
-    point_a, point_b = score(y, a), score(y, b)
-    (stats_a, stats_b), _ = _bootstrap(y, [a, b], groups, n_resamples, seed)
+    w = _row_weights(weights, len(y))
+    point_a, point_b = score(y, a, w), score(y, b, w)
+    (stats_a, stats_b), _ = _bootstrap(y, [a, b], groups, n_resamples, seed, w)
     results = {}
     for m in METRICS:
         diff = stats_a[m] - stats_b[m]
@@ -393,12 +418,16 @@ def read_predictions(path: str | Path) -> pl.DataFrame:
     return _validated(df, str(path))
 
 
-def evaluate(predictions: pl.DataFrame, n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05) -> dict:
-    """A stage's metrics JSON: each metric's point/low/high (patient-level bootstrap) and the sample's size."""
+def evaluate(
+    predictions: pl.DataFrame, n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05, weights=None
+) -> dict:
+    """A stage's metrics JSON: each metric's point/low/high (patient-level bootstrap) and the sample's size.
+    WEIGHTS: one per prediction row (see `score`)."""
     df = _validated(predictions, "predictions")
     y, (p,) = _checked(df[BOOLEAN_VALUE].to_numpy(), df[PREDICTED_PROBABILITY].to_numpy())
-    point = score(y, p)
-    (stats,), redraws = _bootstrap(y, [p], df[SUBJECT_ID].to_numpy(), n_resamples, seed)
+    w = _row_weights(weights, len(y))
+    point = score(y, p, w)
+    (stats,), redraws = _bootstrap(y, [p], df[SUBJECT_ID].to_numpy(), n_resamples, seed, w)
     intervals = {m: Interval(point[m], *_percentiles(stats[m], alpha)) for m in METRICS}
     return {
         **{m: asdict(interval) for m, interval in intervals.items()},
@@ -410,6 +439,7 @@ def evaluate(predictions: pl.DataFrame, n_resamples: int = 1000, seed: int = 0, 
         "seed": seed,
         "alpha": alpha,
         "resampling": "subject",  # whole patients are resampled
+        "weighted": w is not None,
         "one_class_redraws": redraws,
     }
 
@@ -428,9 +458,14 @@ def metrics_table(results: dict[str, dict], label: str = "model") -> pl.DataFram
 
 
 def evaluate_mean(
-    predictions: Sequence[pl.DataFrame], n_resamples: int = 1000, seed: int = 0, alpha: float = 0.05
+    predictions: Sequence[pl.DataFrame],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    weights: pl.DataFrame | None = None,
 ) -> dict:
     """Like `evaluate`, for the mean over several runs (e.g. label-budget seeds) scored on the same patients.
+    WEIGHTS: a frame of subject_id, prediction_time and weight covering exactly the predicted rows.
 
     Every run is scored on the same bootstrap resamples and the metrics are averaged per resample, so the
     interval reflects the test patients' sampling around the seed-averaged metric. Also returns each run's
@@ -444,8 +479,9 @@ def evaluate_mean(
         if not f.select(SUBJECT_ID, "prediction_time", BOOLEAN_VALUE).equals(keys):
             raise ValueError(f"predictions[{i}] scores other patients or labels than predictions[0]")
     y, probs = _checked(keys[BOOLEAN_VALUE].to_numpy(), *(f[PREDICTED_PROBABILITY].to_numpy() for f in frames))
-    points = [score(y, p) for p in probs]
-    stats, redraws = _bootstrap(y, probs, keys[SUBJECT_ID].to_numpy(), n_resamples, seed)
+    w = None if weights is None else row_weights_for(keys, weights)
+    points = [score(y, p, w) for p in probs]
+    stats, redraws = _bootstrap(y, probs, keys[SUBJECT_ID].to_numpy(), n_resamples, seed, w)
     out = {}
     for m in METRICS:
         mean_point = float(np.mean([pt[m] for pt in points]))
@@ -459,5 +495,54 @@ def evaluate_mean(
         "n_resamples": n_resamples,
         "seed": seed,
         "alpha": alpha,
+        "weighted": w is not None,
         "one_class_redraws": redraws,
     }
+
+
+def row_weights_for(rows: pl.DataFrame, weights: pl.DataFrame) -> np.ndarray:
+    """The weight of each of ROWS (subject_id, prediction_time), from WEIGHTS (subject_id, prediction_time,
+    weight); a row without a weight is an error naming it."""
+    keys = [SUBJECT_ID, PREDICTION_TIME]
+    joined = rows.select(keys).with_row_index("_row").join(weights.select(*keys, "weight"), on=keys, how="left")
+    joined = joined.sort("_row")
+    missing = joined.filter(pl.col("weight").is_null())
+    if missing.height:
+        raise ValueError(
+            f"{missing.height} prediction row(s) have no weight (e.g. subject_id {missing[SUBJECT_ID][0]})"
+        )
+    if joined.height != rows.height:
+        raise ValueError("weights hold duplicate (subject_id, prediction_time) rows")
+    return _row_weights(joined["weight"].to_numpy(), rows.height)
+
+
+def paired_mean_bootstrap(
+    frames_a: Sequence[pl.DataFrame],
+    frames_b: Sequence[pl.DataFrame],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    weights: pl.DataFrame | None = None,
+) -> dict[str, PairedResult]:
+    """`paired_bootstrap` for seed-averaged models: the mean metric of A's runs minus the mean of B's runs, all
+    scored on the same patient resamples. Every frame must hold the same (subject, time, label) rows."""
+    frames = [_validated(f, f"predictions[{i}]").sort(SUBJECT_ID, PREDICTION_TIME)
+              for i, f in enumerate([*frames_a, *frames_b])]  # fmt: skip
+    if not frames_a or not frames_b:
+        raise ValueError("paired_mean_bootstrap needs at least one run on each side")
+    keys = frames[0].select(SUBJECT_ID, PREDICTION_TIME, BOOLEAN_VALUE)
+    for i, f in enumerate(frames[1:], start=1):
+        if not f.select(SUBJECT_ID, PREDICTION_TIME, BOOLEAN_VALUE).equals(keys):
+            raise ValueError(f"predictions[{i}] scores other patients or labels than predictions[0]")
+    y, probs = _checked(keys[BOOLEAN_VALUE].to_numpy(), *(f[PREDICTED_PROBABILITY].to_numpy() for f in frames))
+    w = None if weights is None else row_weights_for(keys, weights)
+    stats, _ = _bootstrap(y, probs, keys[SUBJECT_ID].to_numpy(), n_resamples, seed, w)
+    points = [score(y, p, w) for p in probs]
+    n_a = len(frames_a)
+    results = {}
+    for m in METRICS:
+        diff = np.mean([s[m] for s in stats[:n_a]], axis=0) - np.mean([s[m] for s in stats[n_a:]], axis=0)
+        point = float(np.mean([p[m] for p in points[:n_a]]) - np.mean([p[m] for p in points[n_a:]]))
+        p_value = float(np.clip(2 * min(np.mean(diff <= 0), np.mean(diff >= 0)), 1 / (n_resamples + 1), 1.0))
+        results[m] = PairedResult(point, *_percentiles(diff, alpha), p_value)
+    return results

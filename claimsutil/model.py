@@ -53,7 +53,8 @@ class ModelConfig:
 
 # Five scales per profile, smallest first; the keys are the same in both profiles so the pipeline can loop
 # over them. paper: the reference study's 2.2M, 4.7M, 11M, 32M and 101M total parameters at its 1,930-token
-# vocabulary (head dims 32-64). demo: >30x apart yet all five pretrain on 2 CPU cores in minutes.
+# vocabulary (head dims 32-64). demo: 42x apart (16k to 670k at ~250 tokens), yet all five pretrain and
+# fine-tune on 2 CPU cores in minutes.
 SCALES: dict[str, dict[str, dict[str, int]]] = {
     "paper": {
         "xs": dict(n_layer=8, n_head=4, n_embd=128, ffn_mult=4),
@@ -63,11 +64,11 @@ SCALES: dict[str, dict[str, dict[str, int]]] = {
         "xl": dict(n_layer=14, n_head=12, n_embd=768, ffn_mult=4),
     },
     "demo": {
-        "xs": dict(n_layer=2, n_head=1, n_embd=32, ffn_mult=4),
-        "s": dict(n_layer=2, n_head=2, n_embd=64, ffn_mult=4),
-        "m": dict(n_layer=3, n_head=3, n_embd=96, ffn_mult=4),
-        "l": dict(n_layer=4, n_head=4, n_embd=128, ffn_mult=4),
-        "xl": dict(n_layer=5, n_head=6, n_embd=192, ffn_mult=4),
+        "xs": dict(n_layer=2, n_head=1, n_embd=16, ffn_mult=4),
+        "s": dict(n_layer=2, n_head=2, n_embd=40, ffn_mult=4),
+        "m": dict(n_layer=2, n_head=2, n_embd=64, ffn_mult=4),
+        "l": dict(n_layer=3, n_head=3, n_embd=96, ffn_mult=4),
+        "xl": dict(n_layer=3, n_head=4, n_embd=128, ffn_mult=4),
     },
 }
 
@@ -315,19 +316,43 @@ class ClaimsEncoder(nn.Module):
 
 
 class EncoderClassifier(nn.Module):
-    """Fine-tuning: the [CLS] (position 0) hidden state -> dropout -> Linear -> one logit per row."""
+    """Fine-tuning: each patient's [CLS] hidden state -> dropout -> Linear -> one logit per patient.
 
-    def __init__(self, encoder: ClaimsEncoder, dropout: float | None = None):
+    Rows may pack several patients (`segments`, as in pretraining); every patient's sequence starts with
+    [CLS], so the logits come out in row-major order of the [CLS] tokens: one per row when rows hold one
+    patient each."""
+
+    def __init__(self, encoder: ClaimsEncoder, dropout: float | None = None, pooling: str = "cls"):
         super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
         self.encoder = encoder
+        self.pooling = pooling
         self.drop = nn.Dropout(encoder.config.dropout if dropout is None else dropout)
         self.head = nn.Linear(encoder.config.n_embd, 1)
         torch.nn.init.normal_(self.head.weight, mean=0.0, std=0.02)
         torch.nn.init.zeros_(self.head.bias)
 
-    def forward(self, tokens: torch.Tensor, ages: torch.Tensor, visits: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.encoder.encode(tokens, ages, visits)  # (B, T, C)
-        return self.head(self.drop(x[:, 0])).squeeze(-1)  # (B,)
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        ages: torch.Tensor,
+        visits: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = self.encoder.encode(tokens, ages, visits, segments)  # (B, T, C)
+        is_cls = tokens == CLS_ID  # (B, T)
+        if self.pooling == "cls":
+            pooled = x[is_cls]  # (P, C) one per patient, row-major
+        else:
+            # Mean over each patient's tokens: patient p owns the tokens from its [CLS] to the next one.
+            patient = is_cls.flatten().cumsum(0) - 1  # (B*T,)
+            real = (tokens != PAD_ID).flatten()  # (B*T,)
+            P = int(is_cls.sum())
+            sums = x.new_zeros(P, x.size(-1)).index_add_(0, patient[real], x.flatten(0, 1)[real])  # (P, C)
+            counts = torch.bincount(patient[real], minlength=P).clamp(min=1).unsqueeze(1)  # (P, 1)
+            pooled = sums / counts  # (P, C)
+        return self.head(self.drop(pooled)).squeeze(-1)  # (P,)
 
 
 def masking(

@@ -312,3 +312,43 @@ def test_evaluate_mean_averages_runs_on_the_same_patients():
     other = cm.predictions_frame(np.arange(1, n + 1), when, y, runs[0]["predicted_boolean_probability"])
     with pytest.raises(ValueError, match=r"predictions\[1\] scores other patients"):
         cm.evaluate_mean([runs[0], other])
+
+
+def test_weights_match_sklearn_and_ones_change_nothing():
+    rng = np.random.default_rng(11)
+    y = rng.random(400) < 0.2
+    p = rng.random(400) * 0.5 + 0.3 * y
+    w = np.where(y, 1.0, 4.0)
+    s = cm.score(y, p, w)
+    assert s["auprc"] == pytest.approx(average_precision_score(y, p, sample_weight=w))
+    assert s["auroc"] == pytest.approx(roc_auc_score(y, p, sample_weight=w))
+    assert s["prevalence"] == pytest.approx((w * y).sum() / w.sum())
+    frame = cm.predictions_frame(np.arange(400), [datetime(2022, 1, 1)] * 400, y, p)
+    plain = cm.evaluate(frame, n_resamples=200, seed=3)
+    ones = cm.evaluate(frame, n_resamples=200, seed=3, weights=np.ones(400))
+    for m in cm.METRICS:
+        assert ones[m] == pytest.approx(plain[m])
+    weighted = cm.evaluate(frame, n_resamples=200, seed=3, weights=w)
+    assert weighted["weighted"] and weighted["auprc"]["point"] == pytest.approx(s["auprc"])
+    assert weighted["auprc"]["low"] < weighted["auprc"]["point"] < weighted["auprc"]["high"]
+    with pytest.raises(ValueError, match="row 3 has -1"):
+        cm.score(y, p, np.r_[np.ones(3), -1.0, np.ones(396)])
+
+
+def test_paired_mean_bootstrap_and_weight_frames():
+    rng = np.random.default_rng(5)
+    n = 600
+    y = rng.random(n) < 0.15
+    good = 1 / (1 + np.exp(-(2.0 * y + rng.normal(size=n))))
+    bad = 1 / (1 + np.exp(-(0.3 * y + rng.normal(size=n))))
+    t = [datetime(2022, 1, 1)] * n
+    fa, fb = cm.predictions_frame(np.arange(n), t, y, good), cm.predictions_frame(np.arange(n), t, y, bad)
+    same = cm.paired_mean_bootstrap([fa], [fa], n_resamples=200, seed=1)["auprc"]
+    assert same.point == 0 and same.low == 0 and same.high == 0
+    diff = cm.paired_mean_bootstrap([fa, fa], [fb], n_resamples=200, seed=1)["auprc"]
+    single = cm.paired_bootstrap(y, good, bad, groups=np.arange(n), n_resamples=200, seed=1)["auprc"]
+    assert diff.point == pytest.approx(single.point) and diff.low > 0
+    weights = fa.select("subject_id", "prediction_time").with_columns(weight=pl.lit(2.0))
+    assert cm.row_weights_for(fa, weights).tolist() == [2.0] * n
+    with pytest.raises(ValueError, match="no weight"):
+        cm.row_weights_for(fa, weights.head(10))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 
 from claimsutil.config import use_profile
 from claimsutil.meds import validate_dataset
@@ -58,7 +59,8 @@ def tiny_study(tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProces
 
 def test_repro_builds_every_output(tiny_study):
     copy, _, first = tiny_study
-    stages = ("synthesize", "describe", "cohort", "tokenize", "baseline", *(f"pretrain@{s}" for s in SCALES))
+    stages = ("synthesize", "describe", "cohort", "tokenize", "baseline", *(f"pretrain@{s}" for s in SCALES),
+              *(f"finetune@{s}" for s in SCALES), "scaling")  # fmt: skip
     for stage in stages:
         assert f"Running stage '{stage}'" in first.stdout
     report = validate_dataset(copy / "data" / "meds")
@@ -114,6 +116,50 @@ def test_repro_builds_every_output(tiny_study):
     assert sizes == sorted(sizes) and sizes[-1] > 30 * sizes[0]
 
 
+def test_every_declared_output_exists(tiny_study):
+    copy, _, _ = tiny_study
+    lock = yaml.safe_load((copy / "dvc.lock").read_text())
+    declared = [out["path"] for stage in lock["stages"].values() for out in stage.get("outs", [])]
+    assert len(declared) > 40
+    missing = [p for p in declared if not (copy / p).exists()]
+    assert not missing, missing
+
+
+def test_finetuning_and_the_study_tables(tiny_study):
+    copy, _, _ = tiny_study
+    tasks = ["hypertension", "ckd", "amlodipine", "pregabalin"]
+    for scale in SCALES:
+        m = json.loads((copy / "data" / "metrics" / f"finetune-{scale}.json").read_text())
+        assert m["runs"] == len(tasks) * 2 * 2  # tasks x budgets x (pretrained, scratch), one budget seed
+        for t in tasks:
+            for init in ("pretrained", "scratch"):
+                assert set(m[t][init]) == {"10", "20"}
+                r = m[t][init]["20"]["auprc"]
+                assert 0 <= r["low"] <= r["point"] <= r["high"] <= 1
+        assert (copy / "reports" / f"04_finetune-{scale}.html").is_file()
+    tables = copy / "reports" / "tables"
+    t1 = pl.read_csv(tables / "table1_models.csv")
+    assert t1["scale"].to_list() == list(SCALES) and (t1["parameters"].diff().drop_nulls() > 0).all()
+    assert pl.read_csv(tables / "table2_cohorts.csv")["task"].to_list() == tasks
+    t3 = pl.read_csv(tables / "table3_downstream.csv")
+    assert t3.select("task", "budget").rows() == [(t, b) for t in tasks for b in (10, 20)]
+    assert {f"pretrained {s}" for s in SCALES} | {f"scratch {s}" for s in SCALES} | {"lightgbm", "oracle"} <= set(
+        t3.columns
+    )
+    assert t3["best"].null_count() == 0
+    assert pl.read_csv(tables / "table3_downstream_auroc.csv").height == len(tasks) * 2
+    sat = pl.read_csv(tables / "saturation.csv")
+    assert sat.height == len(tasks) * 2 and set(sat["saturation_scale"]) <= set(SCALES)
+    for n in range(1, 6):
+        figure = next((copy / "reports" / "figures").glob(f"figure{n}_*.png"))
+        assert figure.stat().st_size > 10_000 and figure.with_suffix(".svg").is_file()
+    index = (copy / "reports" / "index.html").read_text()
+    for link in ("tables/table3_downstream.md", "figures/figure5_cost_benefit.png", "06_scaling.html"):
+        assert link in index
+    scaling = json.loads((copy / "data" / "metrics" / "scaling.json").read_text())
+    assert set(scaling["saturation"]) == set(tasks)
+
+
 def test_second_repro_does_nothing(tiny_study):
     copy, env, _ = tiny_study
     again = _run([sys.executable, "-m", "dvc", "repro"], copy, env)
@@ -124,8 +170,30 @@ def test_second_repro_does_nothing(tiny_study):
     metrics = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], copy, env)
     shown = json.loads(metrics.stdout)
     files = {f for workspace in shown.values() for f in workspace["data"]}
-    expected = {"synthesize", "cohort", "tokenize", "baseline", *(f"pretrain-{s}" for s in SCALES)}
+    expected = {"synthesize", "cohort", "tokenize", "baseline", "scaling", *(f"pretrain-{s}" for s in SCALES),
+                *(f"finetune-{s}" for s in SCALES)}  # fmt: skip
     assert {f"data/metrics/{name}.json" for name in expected} | {"reports/data/metrics.json"} <= files
+    git = {**env, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
+    _run(["git", "add", "-A"], copy, git)
+    _run(["git", "commit", "-qm", "study"], copy, git)
+    diff = _run([sys.executable, "-m", "dvc", "metrics", "diff", "--json"], copy, env)
+    assert json.loads(diff.stdout or "{}") == {}  # nothing changed since the commit
+
+
+def test_changing_one_scale_reruns_only_that_scale_and_the_analysis(tiny_study):
+    copy, env, _ = tiny_study
+    params = copy / "params.yaml"
+    original = params.read_text()
+    try:
+        params.write_text(original.replace("  m: {lr: 0.002}", "  m: {lr: 0.0025}"))
+        status = json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], copy, env).stdout)
+        assert set(status) == {"pretrain@m", "scaling"}  # finetune@m follows once data/models/m changes
+        rerun = _run([sys.executable, "-m", "dvc", "repro"], copy, env).stdout
+        running = {line.split("'")[1] for line in rerun.splitlines() if line.startswith("Running stage")}
+        assert running == {"pretrain@m", "finetune@m", "scaling"}
+    finally:
+        params.write_text(original)
 
 
 def test_user_meds_source_goes_through_the_same_path(tiny_study, tmp_path):

@@ -1,0 +1,481 @@
+"""The scaling analysis: the study's tables, figures, power-law fits and saturation decisions.
+
+Every downstream model is scored on the same test patients with the same weights (the fine-tuning stage's
+evaluation sample, `claimsutil.finetune.evaluation_sample`): each scale pretrained and from scratch, LightGBM
+and the oracle ceiling. A label budget's result is the mean over its budget seeds, with a 95% interval from a
+patient-level bootstrap shared by all models, so differences between models are paired.
+
+Saturation is a test, not a judgement: for a task and label budget, the saturation scale is the smallest
+pretrained scale whose AUPRC is not significantly worse than the best scale's (the 95% paired-bootstrap
+interval of "scale minus best" reaches zero). The hours saved are the pretraining wall time of the largest
+scale minus that of the saturation scale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from claimsutil import metrics
+from claimsutil.finetune import INITS
+
+MODEL_ORDER = ("pretrained", "scratch", "lightgbm", "oracle")
+DISEASE_PREFIXES = ("ICD10/", "ICD9/", "ICD10CM/")
+DRUG_PREFIXES = ("YJ/", "ATC/", "RXNORM/", "NDC/")
+
+
+# ------------------------------------------------------------------------------------------------ Table 1
+
+
+def read_pretrain_metrics(metrics_dir: str | Path, scales: list[str]) -> dict[str, dict]:
+    """{scale: the pretrain stage's metrics JSON}; a missing file is an error naming it."""
+    out = {}
+    for scale in scales:
+        path = Path(metrics_dir) / f"pretrain-{scale}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no pretraining metrics for scale '{scale}' (run the pretrain stage)")
+        out[scale] = json.loads(path.read_text(encoding="utf-8"))
+    return out
+
+
+def table1(pretrain: dict[str, dict]) -> pl.DataFrame:
+    """Model configurations: one row per scale, smallest first."""
+    rows = []
+    for scale, m in pretrain.items():
+        val = m.get("final_val_loss") or {}
+        rows.append({
+            "scale": scale, "parameters": m["parameters"], "non_embedding": m["parameters_non_embedding"],
+            "layers": m["layers"], "width": m["width"], "heads": m["heads"], "ffn": m["ffn"],
+            "tokens": m["tokens_seen"], "flops": float(m["training_flops"]), "wall_time_s": m["wall_time_s"],
+            "hours": m["wall_time_s"] / 3600, "val_loss": val.get("total"), "val_loss_diagnosis": val.get("diagnosis"),
+            "val_loss_drug": val.get("drug"), "val_loss_age": val.get("age"),
+        })  # fmt: skip
+    return pl.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """y = coefficient * x ** -exponent, fitted by least squares on log y against log x."""
+
+    coefficient: float
+    exponent: float
+    r2: float
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.coefficient * np.asarray(x, dtype=np.float64) ** -self.exponent
+
+
+def fit_power_law(x, y) -> PowerLaw:
+    """The power law through (X, Y); needs at least two points with distinct positive x and positive y."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    if ok.sum() < 2 or np.unique(x[ok]).size < 2:
+        raise ValueError(f"a power law needs two points with distinct positive x and positive y, got x={x}, y={y}")
+    lx, ly = np.log(x[ok]), np.log(y[ok])
+    slope, intercept = np.polyfit(lx, ly, 1)
+    residual = ly - (intercept + slope * lx)
+    total = ((ly - ly.mean()) ** 2).sum()
+    r2 = float(1 - (residual**2).sum() / total) if total > 0 else 1.0
+    return PowerLaw(float(math.exp(intercept)), float(-slope), r2)
+
+
+# ------------------------------------------------------------------------------------------- predictions
+
+
+@dataclass
+class TaskPredictions:
+    """Every model's test predictions for one task, restricted to the evaluation sample."""
+
+    task: str
+    evaluation: pl.DataFrame  # subject_id, prediction_time, boolean_value, weight
+    runs: dict[tuple[str, str, str], list[pl.DataFrame]]  # (model, scale or "", budget) -> one frame per seed
+
+
+def _on_sample(frame: pl.DataFrame, evaluation: pl.DataFrame, source: str) -> pl.DataFrame:
+    keys = ["subject_id", "prediction_time"]
+    kept = frame.join(evaluation.select(keys), on=keys, how="semi")
+    if kept.height != evaluation.height:
+        raise ValueError(f"{source}: {evaluation.height - kept.height} patient(s) of the evaluation sample have no "
+                         "prediction")  # fmt: skip
+    return kept
+
+
+def load_task(task: str, scales: list[str], budgets: list[str], seeds: int, finetune_dir: str | Path,
+              baseline_dir: str | Path, oracle_dir: str | Path | None) -> TaskPredictions:  # fmt: skip
+    """Read a task's predictions: every scale x init x budget x seed of fine-tuning, LightGBM's seeds of the
+    same budgets, and the oracle (when there is ground truth). The evaluation sample must be the same at
+    every scale."""
+    finetune_dir, baseline_dir = Path(finetune_dir), Path(baseline_dir)
+    evaluation = None
+    runs: dict[tuple[str, str, str], list[pl.DataFrame]] = {}
+    for scale in scales:
+        path = finetune_dir / scale / task / "evaluation_sample.parquet"
+        sample = pl.read_parquet(path)
+        if evaluation is None:
+            evaluation = sample
+        elif not sample.equals(evaluation):
+            raise ValueError(f"{path}: another evaluation sample than scale {scales[0]}'s; rerun fine-tuning")
+        for init in INITS:
+            for budget in budgets:
+                files = [finetune_dir / scale / task / f"{init}_budget-{budget}_seed-{s}.parquet" for s in range(seeds)]
+                runs[(init, scale, budget)] = [_on_sample(metrics.read_predictions(f), sample, str(f)) for f in files]
+    assert evaluation is not None, "no scales"
+    for budget in budgets:
+        files = [
+            baseline_dir / task / f"budget-{budget}_seed-{s}.parquet" for s in range(seeds if budget != "full" else 1)
+        ]
+        runs[("lightgbm", "", budget)] = [_on_sample(metrics.read_predictions(f), evaluation, str(f)) for f in files]
+    if oracle_dir is not None and (Path(oracle_dir) / f"{task}.parquet").is_file():
+        f = Path(oracle_dir) / f"{task}.parquet"
+        runs[("oracle", "", "")] = [_on_sample(metrics.read_predictions(f), evaluation, str(f))]
+    return TaskPredictions(task, evaluation, runs)
+
+
+# ------------------------------------------------------------------------------------------------ Table 3
+
+
+def downstream(preds: TaskPredictions, n_resamples: int, seed: int) -> pl.DataFrame:
+    """One row per model of the task (model, scale, budget): AUPRC, AUROC and Brier with 95% intervals."""
+    rows = []
+    for (model, scale, budget), frames in preds.runs.items():
+        r = metrics.evaluate_mean(frames, n_resamples=n_resamples, seed=seed, weights=preds.evaluation)
+        row = {"task": preds.task, "model": model, "scale": scale, "budget": budget, "runs": len(frames),
+               "scored_patients": r["n"], "scored_positives": r["positives"]}  # fmt: skip
+        for m in metrics.METRICS:
+            row |= {m: r[m]["point"], f"{m}_low": r[m]["low"], f"{m}_high": r[m]["high"]}
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def _cell(point: float, low: float, high: float) -> str:
+    return f"{point:.3f} ({low:.3f}-{high:.3f})"
+
+
+def table3(results: pl.DataFrame, scales: list[str], budgets: list[str], metric: str = "auprc") -> pl.DataFrame:
+    """Per task x budget: METRIC with its interval for each pretrained scale, each from-scratch scale,
+    LightGBM and the oracle; the best trained model of the row (oracle excluded: a ceiling) marked with **."""
+    columns = [("pretrained", s) for s in scales] + [("scratch", s) for s in scales] + [("lightgbm", "")]
+    rows = []
+    for task in results["task"].unique(maintain_order=True).to_list():
+        t = results.filter(pl.col("task") == task)
+        oracle = t.filter(pl.col("model") == "oracle")
+        for budget in budgets:
+            cells, values = {}, {}
+            for model, scale in columns:
+                r = t.filter((pl.col("model") == model) & (pl.col("scale") == scale) & (pl.col("budget") == budget))
+                name = f"{model} {scale}".strip()
+                if r.height:
+                    values[name] = r[metric][0]
+                    cells[name] = _cell(r[metric][0], r[f"{metric}_low"][0], r[f"{metric}_high"][0])
+            # Brier: lower is better
+            best = (min if metric == "brier" else max)(values, key=values.get) if values else None
+            if best is not None:
+                cells[best] = f"**{cells[best]}**"
+            first = t.filter(pl.col("budget") == budget)
+            row = {"task": task, "budget": budget}
+            for column in ("scored_patients", "scored_positives"):
+                row[column] = first[column][0] if first.height else None
+            row |= cells
+            row["oracle"] = (
+                _cell(oracle[metric][0], oracle[f"{metric}_low"][0], oracle[f"{metric}_high"][0])
+                if oracle.height
+                else "-"
+            )
+            row["best"] = best
+            rows.append(row)
+    return pl.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------- saturation
+
+
+def saturation(preds: TaskPredictions, scales: list[str], budget: str, n_resamples: int, seed: int,
+               alpha: float = 0.05) -> dict[str, Any]:  # fmt: skip
+    """The smallest pretrained scale not significantly worse than the best one (paired bootstrap on the same
+    test patients), with its gains over LightGBM and over the same scale from scratch."""
+    w = preds.evaluation
+    points = {s: float(np.mean([metrics.score(f["boolean_value"].to_numpy(), f["predicted_boolean_probability"]
+                                              .to_numpy(), metrics.row_weights_for(f, w))["auprc"]
+                                for f in preds.runs[("pretrained", s, budget)]])) for s in scales}  # fmt: skip
+    best = max(scales, key=lambda s: points[s])
+    comparisons = {}
+    chosen = best
+    for s in scales:
+        if s == best:
+            comparisons[s] = {"difference": 0.0, "low": 0.0, "high": 0.0, "p_value": 1.0}
+            continue
+        runs_s, runs_best = preds.runs[("pretrained", s, budget)], preds.runs[("pretrained", best, budget)]
+        d = metrics.paired_mean_bootstrap(runs_s, runs_best, n_resamples, seed, alpha, w)["auprc"]
+        comparisons[s] = {"difference": d.point, "low": d.low, "high": d.high, "p_value": d.p_value}
+    for s in scales:  # smallest first
+        if comparisons[s]["high"] >= 0:
+            chosen = s
+            break
+
+    def gain(other: tuple[str, str, str]) -> dict[str, float] | None:
+        if other not in preds.runs:
+            return None
+        d = metrics.paired_mean_bootstrap(preds.runs[("pretrained", chosen, budget)], preds.runs[other],
+                                          n_resamples, seed, alpha, w)["auprc"]  # fmt: skip
+        return {"difference": d.point, "low": d.low, "high": d.high, "p_value": d.p_value}
+
+    return {
+        "task": preds.task, "budget": budget, "best_scale": best, "saturation_scale": chosen,
+        "auprc": points, "versus_best": comparisons,
+        "gain_over_lightgbm": gain(("lightgbm", "", budget)),
+        "gain_over_scratch": gain(("scratch", chosen, budget)),
+    }  # fmt: skip
+
+
+def saturation_table(decisions: list[dict], table1_df: pl.DataFrame) -> pl.DataFrame:
+    """One row per task x budget: best and saturation scales, AUPRC gains with intervals, hours saved."""
+    hours = dict(zip(table1_df["scale"], table1_df["hours"], strict=True))
+    largest = table1_df["scale"][-1]
+    rows = []
+    for d in decisions:
+        lg, sc = d["gain_over_lightgbm"], d["gain_over_scratch"]
+        rows.append({
+            "task": d["task"], "budget": d["budget"], "best_scale": d["best_scale"],
+            "saturation_scale": d["saturation_scale"], "auprc": d["auprc"][d["saturation_scale"]],
+            "gain_over_lightgbm": lg["difference"] if lg else None, "gain_over_lightgbm_low": lg["low"] if lg else None,
+            "gain_over_lightgbm_high": lg["high"] if lg else None,
+            "gain_over_scratch": sc["difference"] if sc else None, "gain_over_scratch_low": sc["low"] if sc else None,
+            "gain_over_scratch_high": sc["high"] if sc else None,
+            "pretraining_hours": hours[d["saturation_scale"]],
+            "hours_saved": hours[largest] - hours[d["saturation_scale"]],
+        })  # fmt: skip
+    return pl.DataFrame(rows)
+
+
+def _signed(d: dict[str, float]) -> str:
+    return f"{d['difference']:+.3f} (95% CI {d['low']:+.3f} to {d['high']:+.3f})"
+
+
+def _verdict(d: dict[str, float] | None, what: str) -> str:
+    if d is None:
+        return f"no {what} to compare with"
+    if d["low"] > 0:
+        return f"better than {what} by {_signed(d)}"
+    if d["high"] < 0:
+        return f"worse than {what} by {_signed(d)}"
+    return f"not significantly different from {what} ({_signed(d)})"
+
+
+def findings(decisions: list[dict], table1_df: pl.DataFrame, task_kinds: dict[str, str],
+             reference: dict[str, str] | None = None) -> list[str]:  # fmt: skip
+    """Sentences stating, per task, the saturation scale, the gains and the hours saved, written from the
+    numbers, then whether the reference study's pattern (disease tasks saturate later than drug tasks) holds."""
+    hours = dict(zip(table1_df["scale"], table1_df["hours"], strict=True))
+    params = dict(zip(table1_df["scale"], table1_df["parameters"], strict=True))
+    scales = table1_df["scale"].to_list()
+    largest = scales[-1]
+    out = []
+    for d in decisions:
+        s = d["saturation_scale"]
+        saved = hours[largest] - hours[s]
+        share = saved / hours[largest] if hours[largest] > 0 else 0.0
+        text = (
+            f"{d['task']} ({task_kinds.get(d['task'], 'other')} task, {d['budget']} labelled patients): the best "
+            f"pretrained scale is {d['best_scale']} (AUPRC {d['auprc'][d['best_scale']]:.3f}); the smallest scale "
+            f"not significantly worse is {s} ({params[s]:,} parameters, AUPRC {d['auprc'][s]:.3f}). At {s}, the "
+            f"fine-tuned model is {_verdict(d['gain_over_lightgbm'], 'LightGBM')} and "
+            f"{_verdict(d['gain_over_scratch'], 'the same architecture trained from scratch')}. "
+        )
+        if s == largest:
+            text += f"More parameters kept paying up to the largest scale ({largest}): no pretraining time is saved."
+        else:
+            text += (f"Stopping at {s} saves {saved * 3600:,.0f} s of pretraining ({share:.0%} of the largest "
+                     f"scale's {hours[largest] * 3600:,.0f} s).")  # fmt: skip
+        out.append(text)
+    rank = {s: i for i, s in enumerate(scales)}
+    by_kind: dict[str, list[int]] = {}
+    for d in decisions:
+        by_kind.setdefault(task_kinds.get(d["task"], "other"), []).append(rank[d["saturation_scale"]])
+    if "disease" in by_kind and "drug" in by_kind:
+        dis, drug = np.mean(by_kind["disease"]), np.mean(by_kind["drug"])
+        if dis > drug:
+            out.append("As in the reference study, the disease tasks saturate at larger scales than the drug tasks "
+                       f"(mean scale rank {dis:.1f} against {drug:.1f}, 0 = {scales[0]}).")  # fmt: skip
+        elif dis == drug:
+            out.append("Unlike the reference study, disease and drug tasks saturate at the same scales here "
+                       f"(mean scale rank {dis:.1f}).")  # fmt: skip
+        else:
+            out.append("Unlike the reference study, the drug tasks saturate at larger scales than the disease tasks "
+                       f"here (mean scale rank {drug:.1f} against {dis:.1f}, 0 = {scales[0]}).")  # fmt: skip
+    return out
+
+
+def task_kind(outcome: tuple[str, ...]) -> str:
+    """ "disease" when every outcome prefix is a diagnosis code, "drug" when every one is a drug code."""
+    if all(o.startswith(DISEASE_PREFIXES) for o in outcome):
+        return "disease"
+    if all(o.startswith(DRUG_PREFIXES) for o in outcome):
+        return "drug"
+    return "other"
+
+
+# ------------------------------------------------------------------------------------------------ figures
+
+
+def plot_pipeline():
+    """Figure 1: claims -> token sequence -> pretraining -> fine-tuning -> evaluation."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    steps = [
+        ("MEDS claims", "monthly receipts:\nICD-10, YJ drugs,\ncoverage, hospital"),
+        ("Token sequence", "[CLS] sex hospital\ncodes in time order\n+ age in days"),
+        ("Pretraining", "masked codes:\ndiagnosis + drug CE\n+ age regression\n5 scales"),
+        ("Fine-tuning", "100 / 500 / 1,000\nlabels (1:1), early\nstop on val AUPRC\n+ from scratch"),
+        ("Evaluation", "test AUPRC, AUROC\nbootstrap CIs vs\nLightGBM, oracle;\nsaturation test"),
+    ]
+    fig, ax = plt.subplots(figsize=(11, 2.6))
+    ax.set_xlim(0, len(steps) * 2.2)
+    ax.set_ylim(0, 2.4)
+    ax.axis("off")
+    for i, (title, body) in enumerate(steps):
+        x = i * 2.2 + 0.1
+        ax.add_patch(FancyBboxPatch((x, 0.15), 1.8, 2.0, boxstyle="round,pad=0.05", fc="#e8f0fb", ec="#3465a4"))
+        ax.text(x + 0.9, 1.9, title, ha="center", va="center", fontsize=10, fontweight="bold")
+        ax.text(x + 0.9, 0.95, body, ha="center", va="center", fontsize=8)
+        if i < len(steps) - 1:
+            ax.annotate("", xy=(x + 2.15, 1.15), xytext=(x + 1.92, 1.15), arrowprops=dict(arrowstyle="->", lw=1.5))
+    fig.tight_layout()
+    return fig
+
+
+def plot_pretraining(t1: pl.DataFrame):
+    """Figure 2: final validation loss against parameters and against training FLOPs, log-log, with fits."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    fits = {}
+    for ax, column, label in zip(axes, ("non_embedding", "flops"), ("non-embedding parameters", "training FLOPs"),
+                                 strict=True):  # fmt: skip
+        x, y = t1[column].to_numpy().astype(float), t1["val_loss"].to_numpy().astype(float)
+        ax.loglog(x, y, "o", color="tab:blue")
+        for xi, yi, s in zip(x, y, t1["scale"], strict=True):
+            ax.annotate(s, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        try:
+            fit = fit_power_law(x, y)
+            grid = np.geomspace(x.min(), x.max(), 50)
+            ax.loglog(grid, fit(grid), "--", color="tab:red",
+                      label=f"L = {fit.coefficient:.3g} x^-{fit.exponent:.3f} (R² {fit.r2:.2f})")  # fmt: skip
+            ax.legend(fontsize=8)
+            fits[column] = fit
+        except ValueError:
+            pass
+        ax.set_xlabel(label)
+        ax.set_ylabel("validation loss (total)")
+    fig.tight_layout()
+    return fig, fits
+
+
+def plot_tasks(results: pl.DataFrame, t1: pl.DataFrame, tasks: list[str], budgets: list[str], title: str):
+    """Figures 3 and 4: test AUPRC against parameters (log x), one panel per task, one line per budget,
+    from-scratch dotted, LightGBM per budget and the oracle as horizontal lines."""
+    import matplotlib.pyplot as plt
+
+    params = dict(zip(t1["scale"], t1["parameters"], strict=True))
+    if not tasks:
+        fig, ax = plt.subplots(figsize=(5, 2))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"{title}: no task of this kind in params.yaml", ha="center", va="center")
+        return fig
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, task in zip(axes[0], tasks, strict=True):
+        t = results.filter(pl.col("task") == task)
+        for i, budget in enumerate(budgets):
+            c = colors[i % len(colors)]
+            for init, style in (("pretrained", "o-"), ("scratch", "x:")):
+                r = t.filter((pl.col("model") == init) & (pl.col("budget") == budget))
+                r = r.with_columns(p=pl.col("scale").replace_strict(params, default=None)).sort("p")
+                err = [r["auprc"] - r["auprc_low"], r["auprc_high"] - r["auprc"]]
+                label = f"{budget} labels" if init == "pretrained" else None
+                ax.errorbar(r["p"], r["auprc"], yerr=err if init == "pretrained" else None, fmt=style, color=c,
+                            capsize=2, label=label, alpha=1.0 if init == "pretrained" else 0.6)  # fmt: skip
+            lg = t.filter((pl.col("model") == "lightgbm") & (pl.col("budget") == budget))
+            if lg.height:
+                ax.axhline(lg["auprc"][0], color=c, ls="--", lw=1)
+        oracle = t.filter(pl.col("model") == "oracle")
+        if oracle.height:
+            ax.axhline(oracle["auprc"][0], color="black", lw=1.2, label="oracle")
+        ax.set_xscale("log")
+        ax.set_title(task)
+        ax.set_xlabel("parameters")
+    axes[0][0].set_ylabel("test AUPRC")
+    axes[0][0].legend(fontsize=7, title="pretrained (o-), scratch (x:),\nLightGBM (--)", title_fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_cost_benefit(results: pl.DataFrame, t1: pl.DataFrame, sat: pl.DataFrame, budget: str):
+    """Figure 5: AUPRC against pretraining hours per task at BUDGET, the saturation scale marked and the hours
+    saved against the largest scale written beside it."""
+    import matplotlib.pyplot as plt
+
+    hours = dict(zip(t1["scale"], t1["hours"], strict=True))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, row in enumerate(sat.filter(pl.col("budget") == budget).iter_rows(named=True)):
+        r = results.filter((pl.col("task") == row["task"]) & (pl.col("model") == "pretrained") &
+                           (pl.col("budget") == budget))  # fmt: skip
+        r = r.with_columns(h=pl.col("scale").replace_strict(hours, default=None)).sort("h")
+        c = colors[i % len(colors)]
+        ax.plot(r["h"], r["auprc"], "o-", color=c, label=row["task"])
+        s = row["saturation_scale"]
+        ax.plot(hours[s], row["auprc"], "*", ms=16, color=c, mec="black")
+        ax.annotate(f"{s}: saves {row['hours_saved'] * 3600:,.0f} s", (hours[s], row["auprc"]),
+                    textcoords="offset points", xytext=(6, -12), fontsize=8, color=c)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("pretraining wall time (hours, log)")
+    ax.set_ylabel(f"test AUPRC ({budget} labels)")
+    ax.legend(fontsize=8, title="★ saturation scale", title_fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- the index
+
+
+def notebook_reports(scales: list[str]) -> list[str]:
+    """The HTML export of every notebook the pipeline runs, in pipeline order."""
+    return (["00_data.html", "01_cohort.html", "02_tokenize.html"] + [f"03_pretrain-{s}.html" for s in scales]
+            + [f"04_finetune-{s}.html" for s in scales] + ["05_baseline.html", "06_scaling.html"])  # fmt: skip
+
+
+def write_index(reports_dir: str | Path, headline: list[str], notebooks: list[str]) -> Path:
+    """reports/index.html: the findings, then links to the study's tables and figures (reports/tables,
+    reports/figures) and to the executed NOTEBOOKS' HTML exports."""
+    import html
+
+    root = Path(reports_dir)
+    tables = sorted(p.relative_to(root).as_posix() for p in (root / "tables").glob("*.md"))
+    figures = sorted(p.relative_to(root).as_posix() for p in (root / "figures").glob("*.png"))
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Claims foundation-model scaling study</title>",
+             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}img{max-width:100%}</style>",
+             "</head><body>",
+             "<h1>Claims foundation models: how large must the model be?</h1>", "<h2>Findings</h2><ul>"]  # fmt: skip
+    parts += [f"<li>{html.escape(s)}</li>" for s in headline]
+    parts.append("</ul><h2>Tables</h2><ul>")
+    for t in tables:
+        csv = t[:-3] + ".csv"
+        parts.append(f"<li><a href='{t}'>{html.escape(Path(t).stem)}</a> (<a href='{csv}'>CSV</a>)</li>")
+    parts.append("</ul><h2>Figures</h2>")
+    for f in figures:
+        svg = f[:-4] + ".svg"
+        parts.append(f"<h3>{html.escape(Path(f).stem)}</h3><a href='{svg}'><img src='{f}'></a>")
+    parts.append("<h2>Notebooks</h2><ul>")
+    parts += [f"<li><a href='{n}'>{html.escape(n[:-5])}</a></li>" for n in notebooks]
+    parts.append("</ul></body></html>")
+    path = root / "index.html"
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return path
