@@ -353,6 +353,7 @@ def plot_pipeline():
 def plot_pretraining(t1: pl.DataFrame):
     """Figure 2: final validation loss against parameters and against training FLOPs, log-log, with fits."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     fits = {}
@@ -373,6 +374,9 @@ def plot_pretraining(t1: pl.DataFrame):
             pass
         ax.set_xlabel(label)
         ax.set_ylabel("validation loss (total)")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a short range: minor labels would overlap
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.2f"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
     fig.tight_layout()
     return fig, fits
 
@@ -407,7 +411,7 @@ def plot_tasks(results: pl.DataFrame, t1: pl.DataFrame, tasks: list[str], budget
         oracle = t.filter(pl.col("model") == "oracle")
         if oracle.height:
             ax.axhline(oracle["auprc"][0], color="black", lw=1.2, label="oracle")
-        ax.set_xscale("log")
+        _scale_ticks(ax, params)
         ax.set_title(task)
         ax.set_xlabel("parameters")
     axes[0][0].set_ylabel("test AUPRC")
@@ -435,12 +439,30 @@ def plot_cost_benefit(results: pl.DataFrame, t1: pl.DataFrame, sat: pl.DataFrame
         ax.plot(hours[s], row["auprc"], "*", ms=16, color=c, mec="black")
         ax.annotate(f"{s}: saves {row['hours_saved'] * 3600:,.0f} s", (hours[s], row["auprc"]),
                     textcoords="offset points", xytext=(6, -12), fontsize=8, color=c)  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_xlabel("pretraining wall time (hours, log)")
+    _scale_ticks(ax, hours, lambda h: f"{h * 3600:,.0f} s" if h < 1 else f"{h:,.1f} h")
+    ax.set_xlabel("pretraining wall time (log)")
     ax.set_ylabel(f"test AUPRC ({budget} labels)")
-    ax.legend(fontsize=8, title="★ saturation scale", title_fontsize=8)
+    ax.legend(fontsize=8, title="★ saturation scale", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     return fig
+
+
+def _scale_ticks(ax, values: dict[str, float], fmt=None) -> None:
+    """Log x axis with one labelled tick per scale (its name and value) and no minor tick labels."""
+    from matplotlib.ticker import NullFormatter
+
+    fmt = fmt or _short_number
+    ax.set_xscale("log")
+    xs = [v for v in values.values() if v and v > 0]
+    ax.set_xticks(xs, [f"{name}\n{fmt(v)}" for name, v in values.items() if v and v > 0], fontsize=7)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _short_number(x: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= size:
+            return f"{x / size:.3g}{unit}"
+    return f"{x:.3g}"
 
 
 # --------------------------------------------------------------------------------------------- the index

@@ -599,13 +599,16 @@ class TokenStore:
 # --- the repeats measurement ----------------------------------------------------------------------------
 
 
-def compare_repeats(meds_root: str | Path, config: TokenizeConfig | None = None) -> dict[str, dict[str, float]]:
+def compare_repeats(
+    meds_root: str | Path, config: TokenizeConfig | None = None, max_shards: int | None = None
+) -> dict[str, dict[str, float]]:
     """Per repeats policy: tokens (without [CLS]), per-patient mean / median / p95, share removed relative to
-    "keep", and (patient, token) pairs present under "keep" but absent under the policy."""
+    "keep", and (patient, token) pairs present under "keep" but absent under the policy. MAX_SHARDS: measure
+    on the first shards only (every shard holds whole patients, so the shares are estimates of the whole)."""
     config = config or TokenizeConfig()
     per_policy: dict[str, list[np.ndarray]] = {p: [] for p in REPEATS_POLICIES}
     pairs: dict[str, int] = dict.fromkeys(REPEATS_POLICIES, 0)
-    for path in shard_paths(meds_root):
+    for path in shard_paths(meds_root)[:max_shards]:
         for policy in REPEATS_POLICIES:
             shard = _read_shard(path, TokenizeConfig(**{**asdict(config), "repeats": policy}))
             n = pl.DataFrame({"subject_id": shard.subjects}).join(

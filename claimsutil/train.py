@@ -583,13 +583,46 @@ if __name__ == "__main__":
 
 
 def pretrain_config(raw: dict) -> PretrainConfig:
-    """A PretrainConfig from params.yaml values (the `pretrain` section merged with a scale's overrides)."""
+    """A PretrainConfig from params.yaml values (the `pretrain` section merged with a scale's overrides).
+    `profile` and `processes` are read by the notebook, not by the loop."""
     from claimsutil.config import build_section
 
-    raw = {k: v for k, v in raw.items() if k != "profile"}
+    raw = {k: v for k, v in raw.items() if k not in ("profile", "processes")}
     if "betas" in raw:
         raw["betas"] = tuple(raw["betas"])
     return build_section(PretrainConfig, "pretrain", raw)
+
+
+def pretrain_processes(
+    processes: int,
+    store_dir: str | Path,
+    splits_path: str | Path,
+    out_dir: str | Path,
+    profile: str,
+    scale: str,
+    max_len: int,
+    config: PretrainConfig,
+) -> dict[str, Any]:
+    """`pretrain` in PROCESSES processes under torchrun (DDP: gloo on CPU, NCCL with one GPU each), the
+    command-line entry point with CONFIG spelled out as options; returns rank 0's metrics. The result is
+    deterministic for a number of processes, and within floating-point summation order of one process."""
+    import subprocess
+    import sys
+
+    if config.betas != PretrainConfig.betas:
+        raise ValueError(f"betas {config.betas}: the command line has the default {PretrainConfig.betas} only")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+           "-m", "claimsutil.train", "--store", str(store_dir), "--splits", str(splits_path), "--out", str(out_dir),
+           "--profile", profile, "--scale", scale, "--max-len", str(max_len), "--no-progress"]  # fmt: skip
+    for field, value in asdict(config).items():
+        if field == "betas":
+            continue
+        cmd += ["--" + field.replace("_", "-"), str(value).lower() if isinstance(value, bool) else str(value)]
+    env = dict(os.environ, OMP_NUM_THREADS=str(config.num_threads))
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun pretraining failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def fresh_start_reason(out_dir: str | Path, model_config: ModelConfig, config: PretrainConfig) -> str | None:

@@ -264,6 +264,10 @@ def test_repeats_policies_on_synthetic_data(synth) -> None:
     assert first["tokens"] < 0.5 * keep["tokens"] and first["removed_share"] > 0.5
     assert first["median"] < keep["median"] and first["p95"] < keep["p95"]
     assert tok.TokenizeConfig().repeats == "first_per_episode"
+    assert len(tok.shard_paths(root)) == 2
+    one = tok.compare_repeats(root, max_shards=1)
+    assert 0.3 * keep["tokens"] < one["keep"]["tokens"] < 0.7 * keep["tokens"]  # only the first of two shards
+    assert one["first_per_episode"]["removed_share"] == pytest.approx(first["removed_share"], abs=0.05)
 
 
 # --- reading -------------------------------------------------------------------------------------------------
