@@ -6,6 +6,10 @@ KERNEL := claimsutil
 # DVC must not phone home; the machines this runs on may have no internet.
 export DVC_NO_ANALYTICS := 1
 export PATH := $(BIN):$(PATH)
+# pip installs without compiling every module (minutes for torch alone); Python then writes the bytecode of
+# what is imported on first use, which an inherited PYTHONDONTWRITEBYTECODE would forbid: every notebook kernel
+# and worker process would recompile torch from source.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: study test lab bench lint venv clean-venv
 
