@@ -43,8 +43,8 @@ from tqdm import tqdm
 from claimsutil import metrics
 from claimsutil import tokenize as tok
 from claimsutil.cohort import read_labels, task_key
-from claimsutil.model import PAD_ID, ClaimsEncoder, EncoderClassifier, ModelConfig
-from claimsutil.train import pack_rows
+from claimsutil.model import ClaimsEncoder, EncoderClassifier, ModelConfig
+from claimsutil.train import pack_rows, rows_to_tensors
 
 INITS = ("pretrained", "scratch")
 
@@ -134,23 +134,8 @@ def pack_batch(seqs: list[tok.Sequence], row_len: int) -> tuple[dict[str, torch.
     lengths = np.array([len(s[0]) for s in seqs], dtype=np.int64)
     order = np.argsort(-lengths, kind="stable")
     rows = pack_rows(lengths, order, row_len)
-    R = len(rows)
-    tokens = np.full((R, row_len), PAD_ID, dtype=np.int64)
-    ages = np.zeros((R, row_len), dtype=np.float32)
-    visits = np.zeros((R, row_len), dtype=np.int64)
-    segments = np.zeros((R, row_len), dtype=np.int64)
-    for r, row in enumerate(rows):
-        at = 0
-        for s, p in enumerate(row):
-            t, a, v = seqs[p]
-            n = len(t)
-            tokens[r, at : at + n], ages[r, at : at + n], visits[r, at : at + n] = t, a, v
-            segments[r, at : at + n] = s
-            at += n
-        segments[r, at:] = len(row)
     patient_of_cls = np.array([p for row in rows for p in row], dtype=np.int64)
-    batch = {k: torch.from_numpy(v) for k, v in (("tokens", tokens), ("ages", ages), ("visits", visits),
-                                                  ("segments", segments))}  # fmt: skip
+    batch = rows_to_tensors(rows, seqs.__getitem__, row_len)
     return batch, patient_of_cls
 
 

@@ -143,23 +143,30 @@ class PackedRows:
 
     def tensors(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
         """tokens, ages, visits, segments (R, row_len); padding is PAD_ID in a segment of its own."""
-        R, T = len(rows), self.row_len
-        tokens = torch.full((R, T), PAD_ID, dtype=torch.long)
-        ages = torch.zeros((R, T), dtype=torch.float32)
-        visits = torch.zeros((R, T), dtype=torch.long)
-        segments = torch.zeros((R, T), dtype=torch.long)
-        for r, row in enumerate(rows):
-            at = 0
-            for s, p in enumerate(row):
-                t, a, v = self.store.sequence(int(self.indices[p]), max_len=self.row_len)
-                n = len(t)
-                tokens[r, at : at + n] = torch.from_numpy(t.astype(np.int64))
-                ages[r, at : at + n] = torch.from_numpy(a.astype(np.float32))
-                visits[r, at : at + n] = torch.from_numpy(v.astype(np.int64))
-                segments[r, at : at + n] = s
-                at += n
-            segments[r, at:] = len(row)
-        return {"tokens": tokens, "ages": ages, "visits": visits, "segments": segments}
+        return rows_to_tensors(rows, lambda p: self.store.sequence(int(self.indices[p]), max_len=self.row_len),
+                               self.row_len)  # fmt: skip
+
+
+def rows_to_tensors(rows: list[list[int]], sequence, row_len: int) -> dict[str, torch.Tensor]:
+    """tokens, ages, visits, segments (R, ROW_LEN) of packed ROWS (lists of patients; SEQUENCE(patient) gives
+    its tokens, ages and visits). Segments number the patients within a row; padding is PAD_ID in a segment of
+    its own."""
+    R = len(rows)
+    tokens = np.full((R, row_len), PAD_ID, dtype=np.int64)
+    ages = np.zeros((R, row_len), dtype=np.float32)
+    visits = np.zeros((R, row_len), dtype=np.int64)
+    segments = np.zeros((R, row_len), dtype=np.int64)
+    for r, row in enumerate(rows):
+        at = 0
+        for s, p in enumerate(row):
+            t, a, v = sequence(p)
+            n = len(t)
+            tokens[r, at : at + n], ages[r, at : at + n], visits[r, at : at + n] = t, a, v
+            segments[r, at : at + n] = s
+            at += n
+        segments[r, at:] = len(row)
+    arrays = {"tokens": tokens, "ages": ages, "visits": visits, "segments": segments}
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
 
 # ----------------------------------------------------------------------------------------- the model
