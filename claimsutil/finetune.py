@@ -279,7 +279,12 @@ def task_data(store: tok.TokenStore, cohort_dir: str | Path, task: str, config: 
     evaluation = evaluation_sample(labels.filter(pl.col("split") == "test"), config.test_negatives, config.seed, task)
     stopping = early_stopping_sample(labels.filter(pl.col("split") == "validation"), config.validation_patients,
                                      config.seed, task)  # fmt: skip
-    budgets = pl.read_parquet(Path(cohort_dir) / "budgets" / f"{task}.parquet")
+    budgets_path = Path(cohort_dir) / "budgets" / f"{task}.parquet"
+    budgets = pl.read_parquet(budgets_path)
+    available = budgets["seed"].n_unique()
+    if config.budget_seeds > available:
+        raise ValueError(f"finetune.budget_seeds = {config.budget_seeds}, but {budgets_path} holds {available} "
+                         "sample(s) per budget (cohort.budget_seeds)")  # fmt: skip
     samples = {
         (str(b), int(s)): g.select("subject_id")
         for (b, s), g in budgets.group_by("budget", "seed", maintain_order=True)

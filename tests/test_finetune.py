@@ -189,6 +189,12 @@ def test_inputs_stop_before_the_prediction_time(study):
     assert not set(budgets["subject_id"]) & set(data["stopping"]["subject_id"])
 
 
+def test_more_budget_seeds_than_the_cohort_sampled_is_an_error(study):
+    store = tok.TokenStore(study["store"])
+    with pytest.raises(ValueError, match="budget_seeds = 2, but .*planted.parquet holds 1"):
+        ft.task_data(store, study["cohort"], "planted", replace(CONFIG, budget_seeds=2), ROW_LEN)
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="finetune.max_epochs"):
         ft.FinetuneConfig(max_epochs=0)
