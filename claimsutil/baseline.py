@@ -15,7 +15,9 @@ column indices back to the feature vocabulary's names.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
@@ -24,58 +26,47 @@ import polars as pl
 import scipy.sparse as sp
 from sklearn.metrics import average_precision_score
 
-__all__ = ["BaselineConfig", "FittedBaseline", "GridPoint", "feature_importance", "fit_baseline", "predict"]
+from claimsutil.config import BaselineConfig
+
+__all__ = [
+    "BaselineConfig",
+    "grid",
+    "lightgbm_params",
+    "FittedBaseline",
+    "GridPoint",
+    "feature_importance",
+    "fit_baseline",
+    "predict",
+]
 
 Matrix = sp.spmatrix | sp.sparray | np.ndarray
 
 
-@dataclass(frozen=True)
-class BaselineConfig:
-    num_leaves: tuple[int, ...] = (7, 31)  # grid: leaves per tree
-    min_child_samples: tuple[int, ...] = (5, 20)  # grid: minimum rows in a leaf
-    learning_rate: float = 0.05
-    feature_fraction: float = 0.8  # columns sampled per tree (seeded); bagging of rows stays off
-    lambda_l2: float = 1.0
-    n_estimators: int = 2000  # most boosting rounds per grid point
-    early_stopping_rounds: int = 50  # rounds without a better validation AUPRC before stopping
-    num_threads: int = 2  # fixed: LightGBM's results may depend on the thread count
-    seed: int = 0
+def grid(config: BaselineConfig) -> list[dict[str, int]]:
+    """The grid points of CONFIG, in a fixed order."""
+    return [
+        {"num_leaves": leaves, "min_child_samples": child}
+        for leaves, child in itertools.product(config.num_leaves, config.min_child_samples)
+    ]
 
-    def __post_init__(self) -> None:
-        for name in ("num_leaves", "min_child_samples"):
-            values = tuple(getattr(self, name))
-            if not values or any(not isinstance(v, int) or v < 1 for v in values):
-                raise ValueError(f"BaselineConfig.{name} = {values!r}: need one or more integers >= 1")
-            object.__setattr__(self, name, values)
-        if self.n_estimators < 1 or self.early_stopping_rounds < 1 or self.num_threads < 1:
-            raise ValueError(
-                "BaselineConfig: n_estimators, early_stopping_rounds and num_threads must be >= 1 "
-                f"(got {self.n_estimators}, {self.early_stopping_rounds}, {self.num_threads})"
-            )
 
-    def grid(self) -> list[dict[str, int]]:
-        """The grid points, in a fixed order."""
-        return [
-            {"num_leaves": leaves, "min_child_samples": child}
-            for leaves, child in itertools.product(self.num_leaves, self.min_child_samples)
-        ]
-
-    def lightgbm_params(self, point: dict[str, int]) -> dict[str, Any]:
-        return {
-            "objective": "binary",
-            "metric": "average_precision",
-            "learning_rate": self.learning_rate,
-            "feature_fraction": self.feature_fraction,
-            "bagging_fraction": 1.0,
-            "bagging_freq": 0,
-            "lambda_l2": self.lambda_l2,
-            "num_threads": self.num_threads,
-            "seed": self.seed,
-            "deterministic": True,
-            "force_row_wise": True,
-            "verbosity": -1,
-            **point,
-        }
+def lightgbm_params(config: BaselineConfig, point: dict[str, int]) -> dict[str, Any]:
+    """LightGBM's parameters at one grid POINT: deterministic, row-wise histograms, fixed threads and seed."""
+    return {
+        "objective": "binary",
+        "metric": "average_precision",
+        "learning_rate": config.learning_rate,
+        "feature_fraction": config.feature_fraction,
+        "bagging_fraction": 1.0,
+        "bagging_freq": 0,
+        "lambda_l2": config.lambda_l2,
+        "num_threads": config.num_threads,
+        "seed": config.seed,
+        "deterministic": True,
+        "force_row_wise": True,
+        "verbosity": -1,
+        **point,
+    }
 
 
 @dataclass(frozen=True)
@@ -152,8 +143,8 @@ def fit_baseline(
     y_val = _labels(y_val, "validation set", X_val.shape[0])
     best: tuple[float, lgb.Booster, dict[str, Any]] | None = None
     points = []
-    for point in config.grid():
-        params = config.lightgbm_params(point)
+    for point in grid(config):
+        params = lightgbm_params(config, point)
         booster = _fit_point(X_train, y_train, X_val, y_val, params, config)
         iteration = booster.best_iteration or booster.current_iteration()
         auprc = float(average_precision_score(y_val, booster.predict(X_val, num_iteration=iteration)))
@@ -187,25 +178,6 @@ def feature_importance(fitted: FittedBaseline, names: tuple[str, ...] | list[str
 
 
 # ---------------------------------------------------------------------------------------------- the stage
-@dataclass(frozen=True)
-class BaselineStage:
-    """The baseline stage's settings: the model grid plus what is trained and how it is scored."""
-
-    model: BaselineConfig
-    full_training_set: bool = True  # also train on every training patient (natural prevalence)
-    n_resamples: int = 1000  # bootstrap resamples for the intervals
-
-
-def baseline_stage(raw: dict) -> BaselineStage:
-    """The `baseline` section of params.yaml (unknown keys fail with their name)."""
-    from claimsutil.config import build_section
-
-    raw = dict(raw)
-    full = bool(raw.pop("full_training_set", True))
-    n_resamples = int(raw.pop("n_resamples", 1000))
-    return BaselineStage(build_section(BaselineConfig, "baseline", raw), full, n_resamples)
-
-
 def _rows(labels: pl.DataFrame, X: sp.csr_matrix, ids) -> tuple[sp.csr_matrix, np.ndarray, pl.DataFrame]:
     position = {s: i for i, s in enumerate(labels["subject_id"].to_list())}
     idx = np.array([position[s] for s in ids], dtype=np.int64)
@@ -213,13 +185,13 @@ def _rows(labels: pl.DataFrame, X: sp.csr_matrix, ids) -> tuple[sp.csr_matrix, n
     return X[idx], subset["boolean_value"].to_numpy().astype(np.int8), subset
 
 
-def run_task(meds_root, cohort_dir, task: str, features_cfg, stage: BaselineStage, out_dir) -> dict:
+def run_task(meds_root, cohort_dir, task: str, features_cfg, config: BaselineConfig, out_dir) -> dict:
     """Fit the baseline for every label budget and seed of TASK (and the full training set), predict the
     test patients, write the predictions, and return {budget: evaluate(...)} plus the feature statistics."""
-    from pathlib import Path
-
     from claimsutil import cohort, features, metrics
+    from claimsutil.meds import open_events
 
+    meds_root = open_events(meds_root)  # one window for both passes
     labels = cohort.read_labels(cohort_dir, task).filter(pl.col("split").is_in(["train", "validation", "test"]))
     label_cols = labels.select("subject_id", "prediction_time", "boolean_value")
     vocab = features.fit_vocabulary(meds_root, label_cols.filter(labels["split"] == "train"), features_cfg)
@@ -231,21 +203,27 @@ def run_task(meds_root, cohort_dir, task: str, features_cfg, stage: BaselineStag
     samples = {
         (str(b), int(s)): g["subject_id"] for (b, s), g in budgets.group_by("budget", "seed", maintain_order=True)
     }
-    if stage.full_training_set:
+    if config.full_training_set:
         samples[("full", 0)] = split_ids["train"]
     out = Path(out_dir) / task
     results, runs = {}, {}
     for (budget, seed), ids in sorted(samples.items(), key=lambda kv: (kv[0][0] == "full", kv[0])):
         X_train, y_train, _ = _rows(label_cols, X, ids)
-        fitted = fit_baseline(X_train, y_train, X_val, y_val, replace(stage.model, seed=stage.model.seed + seed))
+        fitted = fit_baseline(X_train, y_train, X_val, y_val, replace(config, seed=config.seed + seed))
         frame = metrics.predictions_frame(
             test["subject_id"], test["prediction_time"], test["boolean_value"], predict(fitted, X_test)
         )
         metrics.write_predictions(frame, out / f"budget-{budget}_seed-{seed}.parquet")
         runs.setdefault(budget, []).append(frame)
     for budget in sorted(runs, key=lambda b: (b == "full", int(b) if b != "full" else 0)):
-        results[budget] = metrics.evaluate_mean(runs[budget], n_resamples=stage.n_resamples, seed=stage.model.seed)
+        results[budget] = metrics.evaluate_mean(runs[budget], n_resamples=config.n_resamples, seed=config.seed)
     return {"results": results, "features": {**stats.__dict__, "columns": vocab.n_columns}}
+
+
+def read_oracle(cohort_metrics_file: str | Path) -> dict[str, dict]:
+    """The oracle's metrics per task from the cohort stage's metrics JSON ({} without ground truth)."""
+    entries = json.loads(Path(cohort_metrics_file).read_text(encoding="utf-8"))
+    return {t: m["oracle"] for t, m in entries.items() if isinstance(m, dict) and "oracle" in m}
 
 
 def results_table(results: dict[str, dict], oracle: dict[str, dict] | None = None) -> pl.DataFrame:

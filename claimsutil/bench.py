@@ -295,8 +295,9 @@ def bench_pretrain(args: argparse.Namespace) -> str:
     import numpy as np
     import torch
 
+    from claimsutil.batching import PackedRows
     from claimsutil.model import ClaimsEncoder, config_for
-    from claimsutil.train import PackedRows, PretrainConfig, _train_step, autocast_for, make_optimizer
+    from claimsutil.train import PretrainConfig, Run, RunState, autocast_for, make_optimizer, train_step
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="claims-bench-"))
@@ -314,13 +315,14 @@ def bench_pretrain(args: argparse.Namespace) -> str:
         ours_stream = PackedRows(store, np.arange(len(store)), args.max_len, config.seed)
         hf_stream = PackedRows(store, np.arange(len(store)), args.max_len, config.seed)
         state = {"ours": (0, 0), "hf": (0, 0), "step": 0}
-        counters = {"tokens": 0, "processed": 0, "pad": 0}
+        run, run_state = Run(model_config, config, work, 0, 1, cpu), RunState()
         hf_slots = {"real": 0, "processed": 0}
 
         def step_ours() -> int:
             rows, state["ours"] = ours_stream.next_step(state["ours"], config.tokens_per_step)
             opt_ours.zero_grad(set_to_none=True)
-            _train_step(ours, None, ours_stream, rows, state["step"], config, 1, 0, cpu, counters)
+            run_state.step = state["step"]
+            train_step(run, ours, None, ours_stream, rows, run_state)
             torch.nn.utils.clip_grad_norm_(ours.parameters(), config.grad_clip)
             opt_ours.step()
             return int(sum(int(ours_stream.lengths[r].sum()) for r in rows))
@@ -358,7 +360,7 @@ def bench_pretrain(args: argparse.Namespace) -> str:
                 print(f"--- {name}: top ops by self CPU time over 3 steps\n{_op_table(fn)}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    padding = counters["pad"] / max(counters["processed"], 1)
+    padding = run_state.counters["pad"] / max(run_state.counters["processed"], 1)
     hf_padding = 1 - hf_slots["real"] / max(hf_slots["processed"], 1)
     peak = max(peak, gemm_peak_flops(dtype=peak_dtype))
     achieved = ours.flops_per_token(args.max_len) * results["ours"]

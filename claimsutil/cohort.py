@@ -1,4 +1,4 @@
-"""Task definitions -> labels, patient-level splits, label budgets, Table 2 and the oracle ceiling.
+"""Task definitions -> labels, label budgets, Table 2 and the oracle ceiling (the splits: `claimsutil.splits`).
 
 A task (params.yaml `tasks`) predicts, right after a visit, whether a first outcome record occurs within the
 horizon. Per patient and task:
@@ -15,14 +15,16 @@ horizon. Per patient and task:
 5. Label: an outcome record in [prediction time, prediction time + horizon). No outcome and coverage ending
    (insurance change, death) before the horizon ends -> excluded, "censored".
 
-Coverage comes from COVERAGE/START and COVERAGE/END events; a subject without them (a user's data) is
-taken as covered from the first to the day after the last of their clinical events.
+Everything is read through `claimsutil.meds.Events`: records after death or past the end of the data are
+neither index visits nor outcomes (they are counted there), and coverage follows the one rule of
+`claimsutil.meds.coverage_periods` (a subject without coverage events, as in many users' data, is covered from
+the first to the day after the last of their clinical events; a period still open at the data cut-off ends
+there).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +33,10 @@ import numpy as np
 import polars as pl
 
 from claimsutil.config import CohortParams, TaskSpec
-from claimsutil.meds import CERTAINTY_COLUMN, COVERAGE_END, COVERAGE_START, SUSPECTED, shard_paths
+from claimsutil.meds import Events, clinical, coverage_periods, open_events, starts_with_any
+from claimsutil.splits import SPLITS, task_key, uniform_hash
 
-NON_CLINICAL = ("MEDS_BIRTH", "MEDS_DEATH", COVERAGE_START, COVERAGE_END)
 EXCLUSIONS = ("insufficient_observation", "prior_outcome", "censored")
-SPLITS = ("train", "validation", "test", "held_out_hospital")
 ONE_DAY = dt.timedelta(days=1)
 
 
@@ -43,67 +44,14 @@ class CohortError(ValueError):
     """A task cannot be built: no outcome in the data, or too few positives in a split."""
 
 
-def uniform_hash(ids: np.ndarray, *key: int) -> np.ndarray:
-    """A uniform [0, 1) number per id, fixed by (key, id): splitmix64, so no sharding or order changes it."""
-    x = ids.astype(np.uint64)
-    for k in key:
-        x = x ^ np.uint64(k & 0xFFFFFFFFFFFFFFFF)
-        with np.errstate(over="ignore"):
-            x = x + np.uint64(0x9E3779B97F4A7C15)
-            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-
-
-def task_key(name: str) -> int:
-    return zlib.crc32(name.encode("utf-8"))
-
-
 # ---------------------------------------------------------------------------------------------- reading
-def _scan(path: Path) -> pl.LazyFrame:
-    lf = pl.scan_parquet(path)
-    names = lf.collect_schema().names()
-    suspected = (pl.col(CERTAINTY_COLUMN) == SUSPECTED).fill_null(False) if CERTAINTY_COLUMN in names else pl.lit(False)
-    return lf.select("subject_id", "time", "code", suspected.alias("suspected"))
-
-
-def data_end(root: str | Path) -> dt.datetime:
-    """The end of the data: the latest COVERAGE/END, or the day after the latest event if there are none."""
-    ends, events = [], []
-    for path in shard_paths(root):
-        lf = pl.scan_parquet(path).select("time", "code")
-        ends.append(lf.filter(pl.col("code") == COVERAGE_END).select(pl.col("time").max()).collect().item())
-        events.append(lf.select(pl.col("time").max()).collect().item())
-    if any(e is not None for e in ends):
-        return max(e for e in ends if e is not None)
-    return max(e for e in events if e is not None) + dt.timedelta(days=1)
-
-
-def _periods(lf: pl.LazyFrame, receipts: pl.LazyFrame) -> pl.LazyFrame:
-    """Coverage periods (subject_id, start, end): the k-th START with the k-th END; subjects without any
-    coverage events are covered from their first to the day after their last clinical event."""
-    cov = lf.filter(pl.col("code").is_in([COVERAGE_START, COVERAGE_END]) & pl.col("time").is_not_null())
-    cov = cov.sort("subject_id", "time").with_columns(k=pl.int_range(pl.len()).over("subject_id", "code"))
-    starts = cov.filter(pl.col("code") == COVERAGE_START).select("subject_id", "k", start="time")
-    ends = cov.filter(pl.col("code") == COVERAGE_END).select("subject_id", "k", end="time")
-    periods = starts.join(ends, on=["subject_id", "k"], how="inner").select("subject_id", "start", "end")
-    implied = (
-        receipts.group_by("subject_id")
-        .agg(start=pl.col("time").min(), end=pl.col("time").max() + dt.timedelta(days=1))
-        .join(cov.select("subject_id").unique(), on="subject_id", how="anti")
-    )
-    return pl.concat([periods, implied]).sort("subject_id", "start")
-
-
 def _receipts(lf: pl.LazyFrame) -> pl.LazyFrame:
-    clinical = lf.filter(pl.col("time").is_not_null() & ~pl.col("code").is_in(NON_CLINICAL))
-    return clinical.select("subject_id", "time").unique().sort("subject_id", "time")
+    return lf.filter(clinical()).select("subject_id", "time").unique().sort("subject_id", "time")
 
 
 def _first_outcomes(lf: pl.LazyFrame, spec: TaskSpec) -> pl.LazyFrame:
     """Per subject: first outcome record (as the task counts them) and first record of any certainty."""
-    hit = pl.any_horizontal([pl.col("code").str.starts_with(p) for p in spec.outcome]) & pl.col("time").is_not_null()
+    hit = starts_with_any(spec.outcome) & pl.col("time").is_not_null()
     counts = pl.lit(True) if spec.suspected == "include" else ~pl.col("suspected")
     return (
         lf.filter(hit)
@@ -125,10 +73,10 @@ class TaskCohort:
     status: pl.DataFrame  # subject_id, status ("included" or one of EXCLUSIONS)
 
 
-def _located_receipts(lf: pl.LazyFrame) -> pl.DataFrame:
+def _located_receipts(lf: pl.LazyFrame, end_of_data: dt.datetime) -> pl.DataFrame:
     """Every receipt with the coverage period it falls in (receipts outside coverage are dropped)."""
     receipts = _receipts(lf)
-    periods = _periods(lf, receipts).sort("start")
+    periods = coverage_periods(lf, end_of_data).select("subject_id", "start", "end").sort("start")
     return (
         receipts.sort("time")
         .join_asof(
@@ -179,13 +127,15 @@ def _shard_cohort(
     return TaskCohort(spec, labels.sort("subject_id"), status.sort("subject_id"))
 
 
-def build_tasks(root: str | Path, specs: tuple[TaskSpec, ...], seed: int) -> dict[str, TaskCohort]:
-    """Labels and statuses of every task, reading each shard once (one shard in memory at a time)."""
-    end_of_data = data_end(root)
+def build_tasks(events: Events | str | Path, specs: tuple[TaskSpec, ...], seed: int) -> dict[str, TaskCohort]:
+    """Labels and statuses of every task, reading each shard once (one shard in memory at a time). Records
+    after death or past the end of the data are neither index visits nor outcomes (`claimsutil.meds.Events`)."""
+    events = open_events(events)
+    end_of_data = events.window.end
     parts: dict[str, list[TaskCohort]] = {spec.name: [] for spec in specs}
-    for path in shard_paths(root):
-        lf = _scan(path)
-        located = _located_receipts(lf)
+    for _, lf in events.scans():
+        lf = lf.select("subject_id", "time", "code", "text_value", "suspected")
+        located = _located_receipts(lf, end_of_data)
         subjects = lf.select("subject_id").unique().collect()
         for spec in specs:
             parts[spec.name].append(_shard_cohort(lf, located, subjects, spec, seed, end_of_data))
@@ -197,43 +147,7 @@ def build_tasks(root: str | Path, specs: tuple[TaskSpec, ...], seed: int) -> dic
     return out
 
 
-# ---------------------------------------------------------------------------------------------- splits
-def subject_hospitals(root: str | Path) -> pl.DataFrame:
-    """Every subject with its hospital (first static HOSPITAL/ code; null when the data has none)."""
-    parts = []
-    for path in shard_paths(root):
-        lf = pl.scan_parquet(path).select("subject_id", "code")
-        hosp = (
-            lf.filter(pl.col("code").str.starts_with("HOSPITAL/"))
-            .group_by("subject_id")
-            .agg(hospital=pl.col("code").min().str.strip_prefix("HOSPITAL/"))
-        )
-        parts.append(lf.select("subject_id").unique().join(hosp, on="subject_id", how="left").collect())
-    return pl.concat(parts).sort("subject_id")
-
-
-def assign_splits(hospitals: pl.DataFrame, params: CohortParams) -> pl.DataFrame:
-    """Patient-level train / validation / test, plus whole hospitals held out for transfer experiments.
-
-    Hospitals are held out by a seeded draw; other patients are split by a hash of (seed, subject id), so
-    a patient's split does not depend on the other patients. Columns: subject_id, hospital, split.
-    """
-    names = sorted(h for h in hospitals["hospital"].unique().to_list() if h is not None)
-    if params.held_out_hospitals and len(names) <= params.held_out_hospitals:
-        raise CohortError(
-            f"cohort.held_out_hospitals = {params.held_out_hospitals} but the data has {len(names)} hospital(s); "
-            "at least one must remain for training"
-        )
-    rng = np.random.default_rng([params.seed, task_key("held_out_hospitals")])
-    held = sorted(rng.choice(names, size=params.held_out_hospitals, replace=False).tolist()) if names else []
-    u = uniform_hash(hospitals["subject_id"].to_numpy(), params.seed, task_key("split"))
-    train, validation = params.split["train"], params.split["validation"]
-    split = np.where(u < train, "train", np.where(u < train + validation, "validation", "test"))
-    return hospitals.with_columns(
-        split=pl.when(pl.col("hospital").is_in(held)).then(pl.lit("held_out_hospital")).otherwise(pl.Series(split))
-    )
-
-
+# ---------------------------------------------------------------------------------------------- budgets
 def sample_budgets(labels: pl.DataFrame, splits: pl.DataFrame, task: str, params: CohortParams) -> pl.DataFrame:
     """Balanced (1:1) samples of the training patients for each label budget and seed.
 
@@ -259,31 +173,43 @@ def sample_budgets(labels: pl.DataFrame, splits: pl.DataFrame, task: str, params
 
 
 # ---------------------------------------------------------------------------------------------- checks and Table 2
-def outcome_event_count(root: str | Path, spec: TaskSpec) -> int:
-    hit = pl.any_horizontal([pl.col("code").str.starts_with(p) for p in spec.outcome])
-    return sum(
-        pl.scan_parquet(p).select("code").filter(hit).select(pl.len()).collect().item() for p in shard_paths(root)
-    )
+def outcome_event_count(events: Events | str | Path, spec: TaskSpec) -> int:
+    """Records of the outcome's codes in the data (the study's view: after death and past the end left out)."""
+    return sum(lf.filter(starts_with_any(spec.outcome)).select(pl.len()).collect().item()
+               for _, lf in open_events(events).scans())  # fmt: skip
 
 
-def check_task(root: str | Path, cohort: TaskCohort, splits: pl.DataFrame, min_positives: int) -> None:
-    """Stop with a clear message on a task that cannot be evaluated; never an empty cohort silently."""
+def task_problems(
+    events: Events | str | Path, cohort: TaskCohort, splits: pl.DataFrame, min_positives: int
+) -> list[str]:
+    """Why a task cannot be evaluated (empty when it can): no outcome record at all, or fewer positives than
+    MIN_POSITIVES in a split; each message names the task, its codes and its counts per split."""
     spec = cohort.spec
-    if outcome_event_count(root, spec) == 0:
+    if outcome_event_count(events, spec) == 0:
+        return [f"task '{spec.name}': no event matches the outcome code prefixes {list(spec.outcome)}; check "
+                f"`tasks.{spec.name}.outcome` in params.yaml against the codes in metadata/codes.parquet"]  # fmt: skip
+    counts = {r["split"]: r for r in per_split_counts(cohort.labels, splits).iter_rows(named=True)}
+    per_split = {s: (counts.get(s, {}).get("patients", 0), counts.get(s, {}).get("positives", 0))
+                 for s in ("train", "validation", "test")}  # fmt: skip
+    short = [s for s, (_, pos) in per_split.items() if pos < min_positives]
+    if not short:
+        return []
+    shown = "; ".join(f"{s}: {n:,} patients, {pos:,} positives" for s, (n, pos) in per_split.items())
+    why = f"fewer than cohort.min_positives = {min_positives} positives in the {', '.join(short)} split(s)"
+    return [
+        f"task '{spec.name}' (outcome {list(spec.outcome)}): {why} ({shown}); use more patients or a longer horizon"
+    ]
+
+
+def check_tasks(events: Events | str | Path, cohorts: dict[str, TaskCohort], splits: pl.DataFrame,
+                min_positives: int) -> None:  # fmt: skip
+    """Stop with every failing task at once (a CohortError listing each), never an empty cohort silently."""
+    problems = [p for c in cohorts.values() for p in task_problems(events, c, splits, min_positives)]
+    if problems:
+        n = len(problems)
         raise CohortError(
-            f"task '{spec.name}': no event in {root} matches the outcome code prefixes {list(spec.outcome)}; "
-            f"check `tasks.{spec.name}.outcome` in params.yaml against the codes in metadata/codes.parquet"
+            f"{n} of {len(cohorts)} task(s) cannot be evaluated:\n" + "\n".join(f"- {p}" for p in problems)
         )
-    counts = per_split_counts(cohort.labels, splits)
-    for split in ("train", "validation", "test"):
-        row = counts.filter(pl.col("split") == split)
-        positives = int(row["positives"].sum()) if row.height else 0
-        if positives < min_positives:
-            raise CohortError(
-                f"task '{spec.name}' (outcome {list(spec.outcome)}): {positives} positive patient(s) in the "
-                f"{split} split, fewer than cohort.min_positives = {min_positives}; use more patients or a "
-                "longer horizon"
-            )
 
 
 def per_split_counts(labels: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame:
@@ -345,29 +271,6 @@ def read_labels(cohort_dir: str | Path, task: str, split: str | None = None) -> 
     return labels.filter(pl.col("split") == split) if split else labels
 
 
-def oracle_predictions(
-    truth_dir: str | Path, cohorts: dict[str, TaskCohort], splits: pl.DataFrame, replicates: int, seed: int
-) -> dict:
-    """Test-split predictions of the oracle (the generator replayed from each patient's true state at the
-    index, `claimsutil.synth.oracle`) for every task; {} when there is no ground truth (user data)."""
-    from claimsutil.metrics import predictions_frame
-    from claimsutil.synth.oracle import outcome_probabilities
-
-    if not (Path(truth_dir) / "hazards").is_dir():
-        return {}
-    out = {}
-    for name, c in cohorts.items():
-        test = c.labels.join(splits.filter(pl.col("split") == "test"), on="subject_id")
-        probs = outcome_probabilities(
-            truth_dir, test, c.spec.outcome, c.spec.horizon_days, c.spec.suspected == "include", replicates, seed
-        )
-        joined = test.join(probs.select("subject_id", "probability"), on="subject_id")
-        out[name] = predictions_frame(
-            joined["subject_id"], joined["prediction_time"], joined["boolean_value"], joined["probability"]
-        )
-    return out
-
-
 def task_table(specs: tuple[TaskSpec, ...]) -> pl.DataFrame:
     """The declared tasks, as the notebook shows them."""
     return pl.DataFrame(
@@ -385,9 +288,21 @@ def task_table(specs: tuple[TaskSpec, ...]) -> pl.DataFrame:
     )
 
 
-def cohort_metrics(table2: pl.DataFrame, oracle: dict[str, dict]) -> dict:
-    """The cohort stage's metrics JSON: Table 2's numbers per task, and the oracle's AUPRC/AUROC/Brier."""
-    out = {}
+def sample_all_budgets(cohorts: dict[str, TaskCohort], splits: pl.DataFrame, params: CohortParams) -> dict:
+    """`sample_budgets` of every task: task -> (subject_id, budget, seed)."""
+    return {name: sample_budgets(c.labels, splits, name, params) for name, c in cohorts.items()}
+
+
+def data_notes(events: Events) -> dict[str, object]:
+    """What the cohorts were built on: the end of the data (and its rule) and the records left out."""
+    return {"data_end": events.window.end.date().isoformat(), "data_end_rule": events.window.rule,
+            **{f"records_{reason}": n for reason, n in events.dropped.items()}}  # fmt: skip
+
+
+def cohort_metrics(table2: pl.DataFrame, oracle: dict[str, dict], notes: dict | None = None) -> dict:
+    """The cohort stage's metrics JSON: Table 2's numbers per task, the oracle's AUPRC/AUROC/Brier, and the
+    data notes (`data_notes`) under "data"."""
+    out: dict = {"data": dict(notes)} if notes else {}
     for row in table2.iter_rows(named=True):
         task = row.pop("task")
         row.pop("outcome")

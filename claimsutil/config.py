@@ -1,10 +1,19 @@
 """params.yaml -> frozen dataclasses, project-root paths, and profile switching.
 
-Every stage reads its parameters through `load_params()`, so a typo in params.yaml fails loudly with the
-file, key and value instead of silently falling back to a default.
+Every stage reads its parameters through `load_params()`. Each section of params.yaml is one dataclass here,
+which holds the section's only defaults; the modules take these dataclasses as their configuration. Loading
+is strict: an unknown section or key, a value of the wrong type (`"false"` for a boolean, `365.9` for an
+integer), a value out of range, a duplicate key or a YAML syntax error raises `ParamsError`, whose message
+names the file, the key path (and line, where YAML gives one) and the value.
+
+Fields whose metadata says `execution` change how a stage runs, never what it computes (worker processes,
+devices, progress bars); no stage lists them as DVC params, so changing them reruns nothing.
 
     python -m claimsutil.config use tiny      # rewrite the profile keys of params.yaml from profiles/tiny.yaml
     python -m claimsutil.config show          # print the parsed parameters
+    python -m claimsutil.config check [FILE]  # parse and validate; exit 2 with the error
+
+Exit codes of the command line: 0 fine, 2 a params or usage error.
 """
 
 from __future__ import annotations
@@ -12,16 +21,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import math
 import os
+import re
 import sys
-from dataclasses import dataclass
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 PARAMS_FILE = "params.yaml"
 PROFILES_DIR = "profiles"
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # safe as a file name on every platform
 
 
 def project_root() -> Path:
@@ -47,51 +61,118 @@ def root_path(*parts: str | Path) -> Path:
     return project_root().joinpath(*parts)
 
 
+class ParamsError(ValueError):
+    """A value in params.yaml is missing, unknown, mistyped or out of range."""
+
+
+class _Invalid(ParamsError):
+    """Raised by a dataclass check: KEY (relative to the section) = VALUE, and why. `build_section` adds the
+    section's path; constructed directly, the message names the dataclass."""
+
+    def __init__(self, owner: str, key: str, value: Any, why: str) -> None:
+        self.key, self.value, self.why = key, value, why
+        super().__init__(f"{owner}.{key} = {value!r} {why}")
+
+
+def _require(owner: Any, ok: bool, key: str, why: str) -> None:
+    """Fail with KEY's value on OWNER (a dataclass instance) unless OK."""
+    if not ok:
+        value = owner
+        for part in key.split("."):
+            value = getattr(value, part, None) if not isinstance(value, dict) else value.get(part)
+        owner_name = next((name for name, cls in SECTIONS.items() if cls is type(owner)), type(owner).__name__)
+        raise _Invalid(owner_name, key, value, why)
+
+
+def execution(default: Any, **kwargs: Any) -> Any:
+    """A field that changes how a stage runs, never its results: no stage lists it as a DVC param."""
+    return field(default=default, metadata={"execution": True}, **kwargs)
+
+
+def execution_fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.metadata.get("execution")}
+
+
+# ------------------------------------------------------------------------------------------- sections
+
+
 @dataclass(frozen=True)
 class DataParams:
-    source: str = "synthetic"  # "synthetic" or a path to a MEDS dataset directory
+    source: str = "synthetic"  # "synthetic" or a path to a MEDS dataset directory (absolute or project-relative)
+    end: str | None = None  # end of the data (exclusive, YYYY-MM-DD); null: inferred (`claimsutil.meds.data_window`)
+    end_tail_share: float = 0.001  # inferred end: the month by which all but this share of clinical events happened
+    on_invalid: Literal["stop", "clean"] = (
+        "stop"  # a user dataset with repairable errors: stop, or import a cleaned copy
+    )
+
+    def __post_init__(self) -> None:
+        _require(self, bool(self.source), "source", "must be 'synthetic' or a directory path")
+        if self.end is not None:
+            try:
+                dt.date.fromisoformat(self.end)
+                ok = True
+            except ValueError:
+                ok = False
+            _require(self, ok, "end", "must be a date YYYY-MM-DD or null")
+        _require(self, 0 <= self.end_tail_share < 0.5, "end_tail_share", "must be in [0, 0.5)")
 
     @property
     def is_synthetic(self) -> bool:
         return self.source == "synthetic"
 
+    @property
+    def end_date(self) -> dt.datetime | None:
+        return None if self.end is None else dt.datetime.combine(dt.date.fromisoformat(self.end), dt.time())
+
 
 @dataclass(frozen=True)
 class SynthParams:
-    patients: int = 20000  # patients to generate
+    patients: int = 130000  # patients to generate
     seed: int = 20260401  # root seed; every block derives its own stream from it
     hospitals: int = 32  # hospitals in the database
     start: str = "2015-01-01"  # first month of the database window (a month start)
     months: int = 120  # length of the window in months
-    block_size: int = 1000  # patients per random-number stream
-    shard_size: int = 5000  # patients per shard; a multiple of block_size
-    workers: int = 2  # processes writing shards (never changes the data)
+    block_size: int = 2500  # patients per random-number stream
+    shard_size: int = 32500  # patients per shard; a multiple of block_size
+    workers: int = execution(2)  # processes writing shards (never changes the data)
     truth_conditions: tuple[str, ...] = ("hypertension", "ckd")  # hazards kept in the truth file
     truth_drugs: tuple[str, ...] = ("amlodipine", "pregabalin")  # start probabilities kept there
 
     def __post_init__(self) -> None:
-        _require(self.patients >= 1, "synth.patients", self.patients, "must be >= 1")
-        _require(self.hospitals >= 1, "synth.hospitals", self.hospitals, "must be >= 1")
-        _require(self.months >= 13, "synth.months", self.months, "must be >= 13 (one year plus a month)")
-        _require(self.block_size >= 1, "synth.block_size", self.block_size, "must be >= 1")
-        _require(
-            self.shard_size >= self.block_size and self.shard_size % self.block_size == 0,
-            "synth.shard_size",
-            self.shard_size,
-            f"must be a positive multiple of synth.block_size ({self.block_size})",
-        )
-        _require(self.workers >= 1, "synth.workers", self.workers, "must be >= 1")
+        _require(self, self.patients >= 1, "patients", "must be >= 1")
+        _require(self, self.hospitals >= 1, "hospitals", "must be >= 1")
+        _require(self, self.months >= 13, "months", "must be >= 13 (one year plus a month)")
+        _require(self, self.block_size >= 1, "block_size", "must be >= 1")
+        _require(self, self.shard_size >= self.block_size and self.shard_size % self.block_size == 0, "shard_size",
+                 f"must be a positive multiple of synth.block_size ({self.block_size})")  # fmt: skip
+        _require(self, self.workers >= 1, "workers", "must be >= 1")
         try:
             start = dt.date.fromisoformat(self.start)
         except ValueError:
             start = None
-        _require(start is not None and start.day == 1, "synth.start", self.start, "must be YYYY-MM-01")
+        _require(self, start is not None and start.day == 1, "start", "must be YYYY-MM-01")
 
 
 @dataclass(frozen=True)
 class DescribeParams:
-    age_bands: tuple[int, ...] = (20, 40, 50, 60, 70, 80)  # lower edges of the report's age bands
+    age_bands: tuple[int, ...] = (20, 40, 50, 60, 70, 80)  # lower edges of the report's age bands (increasing)
     min_cell: int = 10  # counts below this are shown as "<10"
+    reference_year: int = 0  # the prevalence tables' year; 0: the last full calendar year of the data
+    incidence: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
+        "hypertension_I10": ("ICD10/I10",), "ckd_N18": ("ICD10/N18",), "amlodipine": ("YJ/2171022",),
+        "pregabalin": ("YJ/1190017",),
+    })  # one-year incidence of these outcomes (name: code prefixes) in the data report  # fmt: skip
+
+    def __post_init__(self) -> None:
+        bands = self.age_bands
+        _require(self, len(bands) >= 1 and all(b >= 0 for b in bands), "age_bands", "must be ages >= 0")
+        _require(self, all(a < b for a, b in zip(bands, bands[1:], strict=False)), "age_bands",
+                 "must be strictly increasing")  # fmt: skip
+        _require(self, self.min_cell >= 1, "min_cell", "must be >= 1")
+        _require(self, self.reference_year == 0 or 1900 <= self.reference_year <= 2200, "reference_year",
+                 "must be 0 (the last full year) or a calendar year")  # fmt: skip
+        _require(self, all(bool(p) for p in self.incidence.values()), "incidence",
+                 "must map names to non-empty lists of code prefixes")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -99,24 +180,29 @@ class CohortParams:
     seed: int = 17  # index dates, splits and label-budget samples
     min_prior_days: int = 365  # coverage required before the index date (task default)
     horizon_days: int = 365  # outcome window after the index date (task default)
-    split: dict = dataclasses.field(default_factory=lambda: {"train": 0.70, "validation": 0.15, "test": 0.15})
-    held_out_hospitals: int = 4  # whole hospitals kept out of every split (transfer experiments)
+    split: dict[str, float] = field(default_factory=lambda: {"train": 0.70, "validation": 0.15, "test": 0.15})
+    held_out_hospitals: int = 4  # whole hospitals kept out of every split (0 when the data has no HOSPITAL/ codes)
     budgets: tuple[int, ...] = (100, 500, 1000)  # labelled patients per balanced sample
     budget_seeds: int = 3  # samples per budget
     min_positives: int = 10  # fewer positives than this in any split stops the cohort stage
-    oracle_replicates: int = 200  # simulated futures per test patient for the oracle ceiling
+    oracle_replicates: int = 50  # simulated futures per test patient for the oracle ceiling
+    n_resamples: int = 1000  # bootstrap resamples for the oracle's intervals
 
     def __post_init__(self) -> None:
-        _require(set(self.split) == {"train", "validation", "test"}, "cohort.split", self.split,
+        _require(self, set(self.split) == {"train", "validation", "test"}, "split",
                  "must have exactly the keys train, validation, test")  # fmt: skip
-        _require(abs(sum(self.split.values()) - 1.0) < 1e-9 and min(self.split.values()) > 0, "cohort.split",
-                 self.split, "fractions must be positive and sum to 1")  # fmt: skip
-        _require(all(b >= 2 and b % 2 == 0 for b in self.budgets), "cohort.budgets", self.budgets,
-                 "must be even numbers (sampled 1:1 positive:negative)")  # fmt: skip
-        _require(self.budget_seeds >= 1, "cohort.budget_seeds", self.budget_seeds, "must be >= 1")
-        _require(self.held_out_hospitals >= 0, "cohort.held_out_hospitals", self.held_out_hospitals, "must be >= 0")
-        _require(self.horizon_days >= 1, "cohort.horizon_days", self.horizon_days, "must be >= 1")
-        _require(self.min_prior_days >= 0, "cohort.min_prior_days", self.min_prior_days, "must be >= 0")
+        _require(self, abs(sum(self.split.values()) - 1.0) < 1e-9 and min(self.split.values()) > 0, "split",
+                 "fractions must be positive and sum to 1")  # fmt: skip
+        _require(self, len(self.budgets) >= 1 and all(b >= 2 and b % 2 == 0 for b in self.budgets), "budgets",
+                 "must be even numbers >= 2 (sampled 1:1 positive:negative)")  # fmt: skip
+        _require(self, len(set(self.budgets)) == len(self.budgets), "budgets", "must be distinct")
+        _require(self, self.budget_seeds >= 1, "budget_seeds", "must be >= 1")
+        _require(self, self.held_out_hospitals >= 0, "held_out_hospitals", "must be >= 0")
+        _require(self, self.horizon_days >= 1, "horizon_days", "must be >= 1")
+        _require(self, self.min_prior_days >= 0, "min_prior_days", "must be >= 0")
+        _require(self, self.min_positives >= 1, "min_positives", "must be >= 1")
+        _require(self, self.oracle_replicates >= 1, "oracle_replicates", "must be >= 1")
+        _require(self, self.n_resamples >= 1, "n_resamples", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -125,36 +211,182 @@ class TaskSpec:
 
     name: str
     outcome: tuple[str, ...]  # code prefixes of the outcome, e.g. ("ICD10/I10",)
-    horizon_days: int  # outcome window [index, index + horizon)
-    min_prior_days: int  # coverage required before the index date
-    suspected: str = "exclude"  # "exclude": only confirmed diagnoses are outcomes; "include": suspected too
+    horizon_days: int = 365  # outcome window [index, index + horizon)
+    min_prior_days: int = 365  # coverage required before the index date
+    suspected: Literal["exclude", "include"] = "exclude"  # "include": suspected diagnoses count as outcomes
     washout_suspected: bool = False  # a suspected-only record before the index also excludes the patient
 
     def __post_init__(self) -> None:
-        key = f"tasks.{self.name}"
-        _require(bool(self.outcome) and all(isinstance(c, str) and c for c in self.outcome), f"{key}.outcome",
-                 self.outcome, "must be a non-empty list of code prefixes")  # fmt: skip
-        _require(self.suspected in ("exclude", "include"), f"{key}.suspected", self.suspected,
-                 "must be 'exclude' or 'include'")  # fmt: skip
-        _require(self.horizon_days >= 1, f"{key}.horizon_days", self.horizon_days, "must be >= 1")
-        _require(self.min_prior_days >= 0, f"{key}.min_prior_days", self.min_prior_days, "must be >= 0")
+        why = "must be letters, digits, '_', '.' or '-' (it names files), starting with a letter or digit"
+        _require(self, bool(TASK_NAME.match(self.name)), "name", why)
+        _require(self, bool(self.outcome) and all(isinstance(c, str) and c for c in self.outcome), "outcome",
+                 "must be a non-empty list of code prefixes")  # fmt: skip
+        _require(self, self.horizon_days >= 1, "horizon_days", "must be >= 1")
+        _require(self, self.min_prior_days >= 0, "min_prior_days", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TokenizeConfig:
+    min_count: int = 5  # a token enters the vocabulary with at least this many tokens among pretraining patients
+    repeats: Literal["keep", "first_per_episode"] = "first_per_episode"  # drop a token present on the previous visit
+    include_static: bool = True  # static (null-time) codes as tokens after [CLS]
+    max_len: int | None = 256  # read-time cap on a sequence (readers only; the store keeps everything)
+    repeats_shards: int = 1  # MEDS shards the repeats measurement reads (0: all); a shard holds whole patients
+
+    def __post_init__(self) -> None:
+        _require(self, self.min_count >= 1, "min_count", "must be >= 1")
+        _require(self, self.max_len is None or self.max_len >= 1, "max_len", "must be >= 1 or null")
+        _require(self, self.repeats_shards >= 0, "repeats_shards", "must be >= 0 (0: every shard)")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    profile: Literal["demo", "paper"] = "demo"  # scale presets (claimsutil.model.SCALES)
+    processes: int = 2  # >1: DDP under torchrun, one process per core (or per GPU)
+    seed: int = 29  # model init, epoch permutations, masks and the validation sample
+    tokens_per_step: int = 8192  # real (non-pad) tokens per optimizer step: the batch size in tokens
+    micro_tokens: int = 4096  # row budget of one micro-batch, in tokens (rows = micro_tokens // row_len)
+    max_steps: int = 120  # optimizer steps; the schedule decays to min_lr at the last one
+    lr: float = 0.002  # peak learning rate, reached at the end of warm-up
+    min_lr: float = 0.0002  # learning rate at the last step (cosine decay from lr)
+    warmup_steps: int = 12  # linear warm-up from lr / warmup_steps to lr
+    weight_decay: float = 0.01  # AdamW, on matmul weights only (no biases, LayerNorms or embeddings)
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas (BERT-style 0.98 for large-batch stability)
+    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
+    mask_rate: float = 0.15  # share of codes selected for prediction (BERT's 80/10/10 corruption)
+    bf16: bool = False  # autocast to bfloat16 (CPU or CUDA, where supported); off for bitwise CPU results
+    eval_every: int = 40  # steps between validation evaluations (and at the last step)
+    eval_tokens: int = 16384  # real tokens in the fixed validation sample (validation-split patients)
+    checkpoint_every: int = 40  # steps between checkpoints (and at the last step)
+    device: Literal["auto", "cuda", "cpu"] = execution("auto")  # auto: CUDA when available, one GPU per process
+    num_threads: int = 1  # torch threads per process (one process per core; results may depend on it)
+
+    def __post_init__(self) -> None:
+        for key in ("processes", "tokens_per_step", "micro_tokens", "max_steps", "eval_every", "eval_tokens",
+                    "checkpoint_every", "num_threads"):  # fmt: skip
+            _require(self, getattr(self, key) >= 1, key, "must be >= 1")
+        _require(self, self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        _require(self, self.lr > 0 and 0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, lr] (and lr > 0)")
+        _require(self, 0 < self.mask_rate < 1, "mask_rate", "must be in (0, 1)")
+        _require(self, self.grad_clip >= 0 and self.weight_decay >= 0, "grad_clip", "must be >= 0 (0: off)")
+        _require(self, all(0 <= b < 1 for b in self.betas), "betas", "must be two numbers in [0, 1)")
+
+
+SCALE_KEYS = ("lr", "min_lr", "warmup_steps", "max_steps", "tokens_per_step", "micro_tokens", "weight_decay", "seed")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    windows_days: tuple[int, ...] = (30, 90, 365)  # recent windows, in days before the prediction time
+    min_code_patients: int = 5  # a code becomes a column only if at least this many training rows have it
+    include_suspected_counts: bool = True  # per-code counts of suspected diagnoses (when the data has them)
+
+    def __post_init__(self) -> None:
+        windows = self.windows_days
+        _require(self, bool(windows) and all(w >= 1 for w in windows) and len(set(windows)) == len(windows),
+                 "windows_days", "must be distinct integers >= 1")  # fmt: skip
+        _require(self, self.min_code_patients >= 1, "min_code_patients", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    seed: int = 23
+    num_leaves: tuple[int, ...] = (7, 31)  # grid: leaves per tree
+    min_child_samples: tuple[int, ...] = (20,)  # grid: minimum rows in a leaf
+    learning_rate: float = 0.05
+    feature_fraction: float = 0.8  # columns sampled per tree (seeded); bagging of rows stays off
+    lambda_l2: float = 1.0  # L2 penalty on leaf values
+    n_estimators: int = 2000  # most boosting rounds per grid point
+    early_stopping_rounds: int = 50  # rounds without a better validation AUPRC before stopping
+    num_threads: int = 2  # fixed: LightGBM's results may depend on the thread count
+    full_training_set: bool = True  # also train on every training patient (natural prevalence)
+    n_resamples: int = 1000  # bootstrap resamples for the intervals
+
+    def __post_init__(self) -> None:
+        for key in ("num_leaves", "min_child_samples"):
+            values = getattr(self, key)
+            _require(self, bool(values) and all(v >= 1 for v in values), key, "must be one or more integers >= 1")
+        for key in ("n_estimators", "early_stopping_rounds", "num_threads", "n_resamples"):
+            _require(self, getattr(self, key) >= 1, key, "must be >= 1")
+        _require(self, 0 < self.feature_fraction <= 1, "feature_fraction", "must be in (0, 1]")
+        _require(self, self.learning_rate > 0, "learning_rate", "must be > 0")
+        _require(self, self.lambda_l2 >= 0, "lambda_l2", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    seed: int = 31  # run seeds (model init of the control, head init, batch order, dropout) and samples
+    budget_seeds: int = 1  # budget samples fine-tuned per budget (at most cohort.budget_seeds)
+    full_training_set: bool = False  # also fine-tune on every training patient (natural prevalence)
+    batch_patients: int = 64  # patients per optimizer step
+    lr: float = 0.003  # AdamW learning rate (constant), the same for pretrained and from-scratch runs
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # max global gradient norm per step
+    dropout: float = 0.1  # on the pooled state before the head
+    pooling: Literal["mean", "cls"] = "mean"  # the mean of the patient's hidden states, or its [CLS] state
+    max_epochs: int = 4  # passes over the labelled patients at most
+    patience: int = 2  # epochs without a better validation AUPRC before stopping
+    max_len: int = 128  # most recent tokens per patient (at most the model's max_len), also the packed row length
+    validation_patients: int = 150  # early-stopping sample: up to half validation positives, the rest negatives
+    test_negatives: int | None = 600  # test negatives scored (all positives always); null: every test patient
+    eval_tokens: int = 16384  # tokens per forward pass when scoring
+    workers: int = execution(2)  # processes running runs in parallel (never changes the results)
+    device: Literal["auto", "cuda", "cpu"] = execution("auto")  # auto: CUDA when available
+    num_threads: int = 1  # torch threads per process
+    n_resamples: int = 1000  # bootstrap resamples for the 95% intervals
+
+    def __post_init__(self) -> None:
+        for key in ("budget_seeds", "batch_patients", "max_epochs", "patience", "max_len", "workers", "num_threads",
+                    "eval_tokens", "n_resamples"):  # fmt: skip
+            _require(self, getattr(self, key) >= 1, key, "must be >= 1")
+        _require(self, self.validation_patients >= 2, "validation_patients", "must be >= 2")
+        _require(self, self.test_negatives is None or self.test_negatives >= 1, "test_negatives",
+                 "must be >= 1 or null (every test patient)")  # fmt: skip
+        _require(self, 0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
+        _require(self, self.lr > 0 and self.grad_clip >= 0, "lr", "must be > 0 (and grad_clip >= 0)")
+
+
+@dataclass(frozen=True)
+class ScalingParams:
+    seed: int = 37  # bootstrap seed (every model is scored on the same resamples)
+    n_resamples: int = 1000  # bootstrap resamples for intervals and paired tests
+    alpha: float = 0.05  # a scale is significantly worse than the best when the 1 - alpha interval excludes 0
+
+    def __post_init__(self) -> None:
+        _require(self, self.n_resamples >= 1, "n_resamples", "must be >= 1")
+        _require(self, 0 < self.alpha < 1, "alpha", "must be in (0, 1)")
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataParams,
+    "synth": SynthParams,
+    "describe": DescribeParams,
+    "cohort": CohortParams,
+    "tokenize": TokenizeConfig,
+    "pretrain": PretrainConfig,
+    "features": FeatureConfig,
+    "baseline": BaselineConfig,
+    "finetune": FinetuneConfig,
+    "scaling": ScalingParams,
+}
+TOP_LEVEL = ("profile", *SECTIONS, "scales", "tasks")
 
 
 @dataclass(frozen=True)
 class StudyParams:
-    profile: str
-    data: DataParams
-    synth: SynthParams
-    describe: DescribeParams
-    cohort: CohortParams = dataclasses.field(default_factory=lambda: CohortParams())
+    profile: str = "custom"
+    data: DataParams = field(default_factory=DataParams)
+    synth: SynthParams = field(default_factory=SynthParams)
+    describe: DescribeParams = field(default_factory=DescribeParams)
+    cohort: CohortParams = field(default_factory=CohortParams)
     tasks: tuple[TaskSpec, ...] = ()
-    tokenize: dict = dataclasses.field(default_factory=dict)  # claimsutil.tokenize.tokenize_config() reads it
-    pretrain: dict = dataclasses.field(default_factory=dict)  # claimsutil.train.pretrain_config() reads it
-    scales: dict = dataclasses.field(default_factory=dict)  # scale name -> overrides of `pretrain`
-    features: dict = dataclasses.field(default_factory=dict)  # claimsutil.features.feature_config() reads it
-    baseline: dict = dataclasses.field(default_factory=dict)  # claimsutil.baseline.baseline_params() reads it
-    finetune: dict = dataclasses.field(default_factory=dict)  # claimsutil.finetune.finetune_config() reads it
-    scaling: dict = dataclasses.field(default_factory=dict)  # notebook 06: seed, n_resamples, alpha
+    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    scales: dict[str, dict[str, Any]] = field(default_factory=dict)  # scale name -> overrides of `pretrain`
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    scaling: ScalingParams = field(default_factory=ScalingParams)
 
     def task(self, name: str) -> TaskSpec:
         for spec in self.tasks:
@@ -162,92 +394,219 @@ class StudyParams:
                 return spec
         raise ParamsError(f"{PARAMS_FILE}: no task '{name}' under `tasks` (have {[t.name for t in self.tasks]})")
 
-
-class ParamsError(ValueError):
-    """A value in params.yaml is missing, unknown or out of range."""
-
-
-def _require(ok: bool, key: str, value: Any, why: str) -> None:
-    if not ok:
-        raise ParamsError(f"{PARAMS_FILE}: {key} = {value!r} {why}")
+    def pretrain_for(self, scale: str) -> PretrainConfig:
+        """The `pretrain` section with the overrides of `scales.<scale>`."""
+        if scale not in self.scales:
+            raise ParamsError(f"{PARAMS_FILE}: scale '{scale}' is not under `scales` (have {list(self.scales)})")
+        return dataclasses.replace(self.pretrain, **self.scales[scale])
 
 
-def build_section(cls: type, section: str, raw: Any) -> Any:
-    """A params.yaml section as dataclass CLS: unknown keys and mistyped values fail with the key and value."""
+# ------------------------------------------------------------------------------------------- loading
+
+
+def _type_name(hint: Any) -> str:
+    if hint in (int, float, str, bool):
+        return {int: "an integer", float: "a number", str: "a string", bool: "a boolean (true or false)"}[hint]
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        parts = [a for a in typing.get_args(hint) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in parts) + " or null"
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0]).removeprefix('a ').removeprefix('an ')}s"
+        return f"a list of {len(args)} values"
+    if origin is dict:
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))
+
+
+def convert(value: Any, hint: Any, key: str) -> Any:
+    """VALUE as type HINT, strictly: booleans must be YAML booleans, integers integers (no 365.9, no true)."""
+    origin = typing.get_origin(hint)
+
+    def fail() -> typing.NoReturn:
+        raise ParamsError(f"{PARAMS_FILE}: {key} = {value!r} must be {_type_name(hint)}")
+
+    if hint is bool:
+        return value if isinstance(value, bool) else fail()
+    if hint is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) else fail()
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            fail()
+        return float(value)
+    if hint is str:
+        if isinstance(value, dt.date):  # YAML reads an unquoted 2024-07-01 as a date
+            return value.isoformat()
+        return value if isinstance(value, str) else fail()
+    if hint is Any:
+        return value
+    if origin is Literal:
+        return value if value in typing.get_args(hint) and isinstance(value, str) else fail()
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None if type(None) in typing.get_args(hint) else fail()
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        try:
+            return convert(value, inner, key)
+        except ParamsError:
+            fail()
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            fail()
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            fail()
+        return tuple(convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail()
+        key_type, value_type = typing.get_args(hint)
+        return {convert(k, key_type, key): convert(v, value_type, f"{key}.{k}") for k, v in value.items()}
+    raise TypeError(f"convert: unsupported type {hint!r} for {key}")
+
+
+def build_section(cls: type, section: str, raw: Any, extra: dict[str, Any] | None = None) -> Any:
+    """A params.yaml section as dataclass CLS: unknown keys, mistyped values and values out of range fail
+    with the key path and the value. EXTRA: fields set by the caller (not read from the file)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ParamsError(f"{PARAMS_FILE}: {section} must be a mapping, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+        raise ParamsError(f"{PARAMS_FILE}: {section} = {raw!r} must be a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in (extra or {})]
+    unknown = sorted(str(k) for k in set(raw) - set(names))
     if unknown:
-        raise ParamsError(f"{PARAMS_FILE}: unknown key(s) {unknown} in section '{section}'")
-    kwargs = {}
-    for name, value in raw.items():
-        default = fields[name].default
-        if fields[name].default_factory is not dataclasses.MISSING:
-            default = fields[name].default_factory()
-        if isinstance(default, dict):
-            if not isinstance(value, dict):
-                raise ParamsError(f"{PARAMS_FILE}: {section}.{name} = {value!r} must be a mapping")
-        elif isinstance(default, tuple):
-            if not isinstance(value, list | tuple):
-                raise ParamsError(f"{PARAMS_FILE}: {section}.{name} = {value!r} must be a list")
-            value = tuple(value)
-        elif isinstance(default, bool | int | str) and not isinstance(value, type(default)):
-            raise ParamsError(f"{PARAMS_FILE}: {section}.{name} = {value!r} must be of type {type(default).__name__}")
-        kwargs[name] = value
-    return cls(**kwargs)
+        raise ParamsError(f"{PARAMS_FILE}: unknown key(s) {unknown} in section '{section}' (known: {names})")
+    kwargs = {name: convert(value, hints[name], f"{section}.{name}") for name, value in raw.items()}
+    try:
+        return cls(**kwargs, **(extra or {}))
+    except _Invalid as e:
+        raise ParamsError(f"{PARAMS_FILE}: {section}.{e.key} = {e.value!r} {e.why}") from None
+    except TypeError as e:  # a required field is missing
+        raise ParamsError(f"{PARAMS_FILE}: section '{section}': {e}") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML that refuses duplicate keys (PyYAML lets the last one win silently)."""
+
+
+def _mapping_without_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            first = seen[key].start_mark
+            raise ParamsError(
+                f"{loader.name}: line {key_node.start_mark.line + 1}, column {key_node.start_mark.column + 1}: "
+                f"duplicate key '{key}' (first at line {first.line + 1}); YAML would silently keep the last"
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+# Dates stay strings (each field checks its own format): YAML would turn 2024-07-01 into a date, and an
+# impossible date such as 2024-13-01 into an error that names no key.
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file strictly; syntax errors and duplicate keys are ParamsErrors with line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file") from None
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not UTF-8 text ({e})") from None
+    loader = _StrictLoader(text)
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ParamsError(f"{path}: {where}invalid YAML: {e.problem or e.context}") from None
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: invalid YAML: {e}") from None
+    finally:
+        loader.dispose()
 
 
 def load_params(path: str | Path | None = None) -> StudyParams:
     """Parse params.yaml (the project's, unless a path is given) into frozen dataclasses."""
     path = Path(path) if path is not None else root_path(PARAMS_FILE)
-    with open(path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
-    cohort = build_section(CohortParams, "cohort", raw.get("cohort"))
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    unknown = sorted(str(k) for k in set(raw) - set(TOP_LEVEL))
+    if unknown:
+        raise ParamsError(f"{PARAMS_FILE}: unknown section(s) {unknown} (known: {list(TOP_LEVEL)})")
+    profile = raw.get("profile", "custom")
+    if not isinstance(profile, str):
+        raise ParamsError(f"{PARAMS_FILE}: profile = {profile!r} must be a string")
+    sections = {name: build_section(cls, name, raw.get(name)) for name, cls in SECTIONS.items()}
     return StudyParams(
-        profile=str(raw.get("profile", "custom")),
-        data=build_section(DataParams, "data", raw.get("data")),
-        synth=build_section(SynthParams, "synth", raw.get("synth")),
-        describe=build_section(DescribeParams, "describe", raw.get("describe")),
-        cohort=cohort,
-        tasks=_tasks(raw.get("tasks"), cohort),
-        tokenize=dict(raw.get("tokenize") or {}),
-        pretrain=dict(raw.get("pretrain") or {}),
-        scales={str(k): dict(v or {}) for k, v in (raw.get("scales") or {}).items()},
-        features=dict(raw.get("features") or {}),
-        baseline=dict(raw.get("baseline") or {}),
-        finetune=dict(raw.get("finetune") or {}),
-        scaling=dict(raw.get("scaling") or {}),
+        profile=profile,
+        tasks=_tasks(raw.get("tasks"), sections["cohort"]),
+        scales=_scales(raw.get("scales"), sections["pretrain"]),
+        **sections,
     )
 
 
 def _tasks(raw: Any, cohort: CohortParams) -> tuple[TaskSpec, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{PARAMS_FILE}: tasks must be a mapping of task name -> settings, got {raw!r}")
-    allowed = {"outcome", "horizon_days", "min_prior_days", "suspected", "washout_suspected"}
+    if not isinstance(raw, dict) or not raw:
+        raise ParamsError(f"{PARAMS_FILE}: tasks = {raw!r} must map at least one task name to its settings")
+    defaults = {"horizon_days": cohort.horizon_days, "min_prior_days": cohort.min_prior_days}
     specs = []
     for name, body in raw.items():
+        if not isinstance(name, str):
+            raise ParamsError(f"{PARAMS_FILE}: task name {name!r} must be a string")
         if not isinstance(body, dict) or "outcome" not in body:
-            raise ParamsError(f"{PARAMS_FILE}: tasks.{name} needs an `outcome` list of code prefixes, got {body!r}")
-        unknown = sorted(set(body) - allowed)
-        if unknown:
-            raise ParamsError(f"{PARAMS_FILE}: unknown key(s) {unknown} in tasks.{name} (allowed: {sorted(allowed)})")
-        outcome = body["outcome"]
-        specs.append(
-            TaskSpec(
-                name=str(name),
-                outcome=tuple(outcome) if isinstance(outcome, list | tuple) else (outcome,),
-                horizon_days=int(body.get("horizon_days", cohort.horizon_days)),
-                min_prior_days=int(body.get("min_prior_days", cohort.min_prior_days)),
-                suspected=str(body.get("suspected", "exclude")),
-                washout_suspected=bool(body.get("washout_suspected", False)),
-            )
-        )
+            raise ParamsError(f"{PARAMS_FILE}: tasks.{name} = {body!r} needs an `outcome` list of code prefixes")
+        body = dict(body)
+        if isinstance(body["outcome"], str):
+            body["outcome"] = [body["outcome"]]
+        specs.append(build_section(TaskSpec, f"tasks.{name}", {**defaults, **body}, extra={"name": name}))
     return tuple(specs)
+
+
+def _scales(raw: Any, pretrain: PretrainConfig) -> dict[str, dict[str, Any]]:
+    if not isinstance(raw, dict) or not raw:
+        raise ParamsError(f"{PARAMS_FILE}: scales = {raw!r} must map at least one scale name to its overrides")
+    hints = typing.get_type_hints(PretrainConfig)
+    out = {}
+    for name, body in raw.items():
+        key = f"scales.{name}"
+        if not isinstance(name, str) or not TASK_NAME.match(name):
+            raise ParamsError(f"{PARAMS_FILE}: scale name {name!r} must be letters, digits, '_', '.' or '-'")
+        body = {} if body is None else body
+        if not isinstance(body, dict):
+            raise ParamsError(f"{PARAMS_FILE}: {key} = {body!r} must be a mapping of `pretrain` keys to values")
+        unknown = sorted(set(body) - set(SCALE_KEYS))
+        if unknown:
+            raise ParamsError(f"{PARAMS_FILE}: unknown key(s) {unknown} in {key} (a scale may set {list(SCALE_KEYS)})")
+        overrides = {k: convert(v, hints[k], f"{key}.{k}") for k, v in body.items()}
+        try:
+            dataclasses.replace(pretrain, **overrides)
+        except _Invalid as e:
+            raise ParamsError(f"{PARAMS_FILE}: {key}.{e.key} = {e.value!r} {e.why}") from None
+        out[name] = overrides
+    return out
+
+
+# ------------------------------------------------------------------------------------------- profiles
 
 
 def profile_names(root: Path | None = None) -> list[str]:
@@ -266,9 +625,11 @@ def use_profile(name: str, root: Path | None = None) -> list[str]:
     overlay_path = root / PROFILES_DIR / f"{name}.yaml"
     if not overlay_path.is_file():
         raise ParamsError(f"unknown profile '{name}': choose one of {profile_names(root)}")
-    overlay = yaml.safe_load(overlay_path.read_text(encoding="utf-8")) or {}
+    overlay = read_yaml(overlay_path) or {}
     rt = YAML()
     rt.preserve_quotes = True
+    # Write null as `null`, as params.yaml spells it (ruamel would leave the value empty).
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     params_path = root / PARAMS_FILE
     doc = rt.load(params_path.read_text(encoding="utf-8"))
     changed: list[str] = []
@@ -301,11 +662,16 @@ def main(argv: list[str] | None = None) -> int:
     use = sub.add_parser("use", help="switch params.yaml to a profile")
     use.add_argument("profile")
     sub.add_parser("show", help="print the parsed parameters")
+    check = sub.add_parser("check", help="parse and validate a params file")
+    check.add_argument("file", nargs="?", default=None)
     args = parser.parse_args(argv)
     try:
         if args.command == "use":
             changed = use_profile(args.profile)
             print(f"params.yaml now uses profile '{args.profile}' ({len(changed)} value(s) changed)")
+        elif args.command == "check":
+            params = load_params(args.file)
+            print(f"{args.file or PARAMS_FILE}: valid (profile {params.profile}, {len(params.tasks)} task(s))")
         else:
             print(yaml.safe_dump(dataclasses.asdict(load_params()), sort_keys=False))
     except ParamsError as e:

@@ -18,27 +18,27 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import meds as meds_schema
 import polars as pl
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from claimsutil.meds import (
-    CERTAINTY_COLUMN,
+    BIRTH_CODE,
     CODES_FILE,
-    COVERAGE_END,
-    COVERAGE_START,
-    SUSPECTED,
-    shard_paths,
+    DEATH_CODE,
+    HOSPITAL_PREFIX,
+    SEX_CODES,
+    Events,
+    coverage_periods,
+    family_expr,
+    open_events,
+    starts_with_any,
+    unmatched_coverage_ends,
 )
 from claimsutil.report import format_cell
 
-BIRTH_CODE = meds_schema.birth_code  # "MEDS_BIRTH"
-DEATH_CODE = meds_schema.death_code  # "MEDS_DEATH"
-DIAGNOSIS_FAMILY = "ICD10"
-DRUG_FAMILY = "YJ"
-HOSPITAL_PREFIX = "HOSPITAL/"
-SEX_CODES = {"GENDER/F": "F", "GENDER/M": "M"}
+DIAGNOSIS_FAMILY = "diagnosis"  # code families (`claimsutil.meds.code_family`)
+DRUG_FAMILY = "drug"
 UNKNOWN = "unknown"
 ALL = "all"
 DAYS_PER_YEAR = 365.25
@@ -83,90 +83,44 @@ SUSPECTED_DERIVED = {
     "never_confirmed_share": ("never_confirmed_pairs", "suspected_pairs"),
 }
 
-FAMILY = pl.col("code").str.split("/").list.first()  # "ICD10/I10" -> "ICD10"; "MEDS_BIRTH" stays whole
+VOCABULARY = pl.col("code").str.split("/").list.first()  # "ICD10/I10" -> "ICD10"; "MEDS_BIRTH" stays whole
+FAMILY = family_expr()  # diagnosis, drug or other
 
 
 # --- streaming -------------------------------------------------------------------------------
 
 
-def _scan(path: Path) -> pl.LazyFrame:
-    """One shard, with a non-null boolean `suspected` (False where the certainty column is absent)."""
-    lf = pl.scan_parquet(path, hive_partitioning=False)
-    columns = lf.collect_schema().names()
-    missing = [c for c in ("subject_id", "time", "code") if c not in columns]
-    if missing:
-        raise ValueError(f"{path}: MEDS column(s) {missing} missing (found {columns})")
-    # text_value is optional in MEDS; only COVERAGE/END reasons are read from it.
-    text_value = pl.col("text_value") if "text_value" in columns else pl.lit(None, pl.String).alias("text_value")
-    if CERTAINTY_COLUMN in columns:
-        suspected = (pl.col(CERTAINTY_COLUMN) == SUSPECTED).fill_null(False)
-    else:
-        suspected = pl.lit(False)
-    return lf.select("subject_id", "time", "code", text_value, suspected.alias("suspected"))
-
-
-def _per_shard(root: str | Path, shard_fn: Callable[[pl.LazyFrame], pl.LazyFrame]) -> pl.DataFrame:
-    """SHARD_FN applied to every shard, collected one shard at a time and stacked."""
-    paths = shard_paths(root)
-    if not paths:
-        raise FileNotFoundError(f"{Path(root) / 'data'}: no parquet shards")
-    parts = [shard_fn(_scan(p)).collect() for p in tqdm(paths, desc="shards", unit="shard", disable=None)]
+def _per_shard(source: Events | str | Path, shard_fn: Callable[[pl.LazyFrame], pl.LazyFrame]) -> pl.DataFrame:
+    """SHARD_FN applied to the study's view of every shard (`claimsutil.meds.Events.scan`), collected one
+    shard at a time and stacked."""
+    events = open_events(source)
+    bar = tqdm(events.paths, desc="shards", unit="shard", disable=None)
+    parts = [shard_fn(events.scan(p)).collect() for p in bar]
     return pl.concat(parts, how="vertical_relaxed")
 
 
-def _starts_with_any(prefixes: Sequence[str]) -> pl.Expr:
-    return pl.any_horizontal([pl.col("code").str.starts_with(p) for p in prefixes])
+def data_end(source: Events | str | Path) -> dt.datetime:
+    """The end of the data (exclusive), by the study's one rule (`claimsutil.meds.data_window`)."""
+    return open_events(source).window.end
 
 
-def data_end(root: str | Path) -> dt.datetime:
-    """The latest timestamp of any event but MEDS_BIRTH: where open coverage periods are closed."""
-    latest = _per_shard(root, lambda lf: lf.filter(pl.col("code") != BIRTH_CODE).select(pl.col("time").max()))
-    last = latest["time"].max()
-    if last is None:
-        raise ValueError(f"{root}: no time-stamped events")
-    return last
-
-
-def last_full_year(root: str | Path) -> int:
-    """The last calendar year whose December is in the data (a cutoff of 1 January counts as full)."""
-    last = data_end(root)
-    return last.year if last.month == 12 else last.year - 1
+def last_full_year(source: Events | str | Path) -> int:
+    """The last calendar year whose December is in the data (the end of the data is on or after 1 January
+    of the next year)."""
+    return data_end(source).year - 1
 
 
 # --- coverage --------------------------------------------------------------------------------
 
 
 def _coverage_periods(lf: pl.LazyFrame, end_of_data: dt.datetime) -> pl.LazyFrame:
-    """One row per coverage period (subject_id, start, end, reason, open).
-
-    The k-th COVERAGE/START of a subject pairs with its k-th COVERAGE/END; a START without an END is
-    an open period, closed at END_OF_DATA.
-    """
-    coverage = (
-        lf.filter(pl.col("code").is_in([COVERAGE_START, COVERAGE_END]) & pl.col("time").is_not_null())
-        .sort("subject_id", "time")
-        .with_columns(period=pl.int_range(pl.len()).over("subject_id", "code"))
-    )
-    starts = coverage.filter(pl.col("code") == COVERAGE_START).select("subject_id", "period", start=pl.col("time"))
-    ends = coverage.filter(pl.col("code") == COVERAGE_END).select(
-        "subject_id", "period", end=pl.col("time"), reason=pl.col("text_value")
-    )
-    return starts.join(ends, on=["subject_id", "period"], how="left").select(
-        "subject_id",
-        "start",
-        pl.col("end").fill_null(end_of_data),
-        "reason",
-        open=pl.col("end").is_null(),
-    )
+    """The study's coverage periods (`claimsutil.meds.coverage_periods`), implied ones included."""
+    return coverage_periods(lf, end_of_data)
 
 
-def _unmatched_coverage_ends(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """COVERAGE/END events beyond the number of COVERAGE/START events of their subject."""
-    per_subject = lf.group_by("subject_id").agg(
-        starts=(pl.col("code") == COVERAGE_START).sum().cast(pl.Int64),
-        ends=(pl.col("code") == COVERAGE_END).sum().cast(pl.Int64),
-    )
-    return per_subject.select(unmatched_ends=(pl.col("ends") - pl.col("starts")).clip(lower_bound=0).sum())
+def _recorded_periods(lf: pl.LazyFrame, end_of_data: dt.datetime) -> pl.LazyFrame:
+    """Periods bounded by COVERAGE/START and COVERAGE/END events (not implied from activity)."""
+    return coverage_periods(lf, end_of_data).filter(~pl.col("implied"))
 
 
 def _patient_coverage(periods: pl.LazyFrame) -> pl.LazyFrame:
@@ -181,31 +135,33 @@ def _patient_coverage(periods: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def coverage_years(root: str | Path) -> pl.DataFrame:
+def coverage_years(source: Events | str | Path) -> pl.DataFrame:
     """Distribution of covered time per patient with coverage events: covered_months, patients."""
-    end_of_data = data_end(root)
+    events = open_events(source)
+    end_of_data = data_end(events)
 
     def shard(lf: pl.LazyFrame) -> pl.LazyFrame:
-        per_patient = _patient_coverage(_coverage_periods(lf, end_of_data))
+        per_patient = _patient_coverage(_recorded_periods(lf, end_of_data))
         months = (pl.col("covered_days") / (DAYS_PER_YEAR / 12)).floor().cast(pl.Int64)
         return per_patient.group_by(covered_months=months).agg(patients=pl.len())
 
-    parts = _per_shard(root, shard)
+    parts = _per_shard(events, shard)
     return parts.group_by("covered_months").agg(pl.col("patients").sum()).sort("covered_months")
 
 
-def coverage_end_reasons(root: str | Path) -> pl.DataFrame:
+def coverage_end_reasons(source: Events | str | Path) -> pl.DataFrame:
     """Coverage periods and patients by the reason their COVERAGE/END gives (text_value)."""
-    end_of_data = data_end(root)
+    events = open_events(source)
+    end_of_data = data_end(events)
 
     def shard(lf: pl.LazyFrame) -> pl.LazyFrame:
-        periods = _coverage_periods(lf, end_of_data)
+        periods = _recorded_periods(lf, end_of_data)
         reason = pl.when(pl.col("open")).then(pl.lit("open (no END)")).otherwise(pl.col("reason"))
         return periods.group_by(reason=reason.fill_null(UNKNOWN)).agg(
             periods=pl.len(), patients=pl.col("subject_id").n_unique()
         )
 
-    parts = _per_shard(root, shard)
+    parts = _per_shard(events, shard)
     totals = parts.group_by("reason").agg(pl.col("periods", "patients").sum())
     return totals.sort("periods", "reason", descending=[True, False])
 
@@ -213,14 +169,15 @@ def coverage_end_reasons(root: str | Path) -> pl.DataFrame:
 # --- dataset summary -------------------------------------------------------------------------
 
 
-def events_per_patient(root: str | Path) -> pl.DataFrame:
+def events_per_patient(source: Events | str | Path) -> pl.DataFrame:
     """Distribution of events (rows, static ones included) per patient: events, patients."""
+    events = open_events(source)
 
     def shard(lf: pl.LazyFrame) -> pl.LazyFrame:
         per_patient = lf.group_by("subject_id").agg(events=pl.len().cast(pl.Int64))
         return per_patient.group_by("events").agg(patients=pl.len())
 
-    parts = _per_shard(root, shard)
+    parts = _per_shard(events, shard)
     return parts.group_by("events").agg(pl.col("patients").sum()).sort("events")
 
 
@@ -242,7 +199,7 @@ def _quantile_from_counts(values: Sequence[float], counts: Sequence[int], q: flo
 
 def _shard_summary(lf: pl.LazyFrame, end_of_data: dt.datetime) -> pl.LazyFrame:
     timed = lf.filter(pl.col("time").is_not_null() & (pl.col("code") != BIRTH_CODE))
-    coverage = _patient_coverage(_coverage_periods(lf, end_of_data)).select(
+    coverage = _patient_coverage(_recorded_periods(lf, end_of_data)).select(
         patients_with_coverage=pl.len(),
         covered_days=pl.col("covered_days").sum(),
         patients_with_gap=pl.col("gap").sum(),
@@ -254,18 +211,20 @@ def _shard_summary(lf: pl.LazyFrame, end_of_data: dt.datetime) -> pl.LazyFrame:
             timed.select(first=pl.col("time").min(), last=pl.col("time").max()),
             lf.filter(pl.col("code") == DEATH_CODE).select(deaths=pl.col("subject_id").n_unique()),
             coverage,
-            _unmatched_coverage_ends(lf),
+            unmatched_coverage_ends(lf),
         ],
         how="horizontal",
     )
 
 
-def dataset_summary(root: str | Path) -> dict[str, Any]:
-    """Patients, events, events per patient, time span, shards, coverage and deaths."""
-    end_of_data = data_end(root)
-    shards = _per_shard(root, lambda lf: _shard_summary(lf, end_of_data))
+def dataset_summary(source: Events | str | Path) -> dict[str, Any]:
+    """Patients, events, events per patient, time span, shards, coverage and deaths; the end of the data and
+    the records the study leaves out (after death, past the end; not counted in the other figures)."""
+    events = open_events(source)
+    end_of_data = data_end(events)
+    shards = _per_shard(events, lambda lf: _shard_summary(lf, end_of_data))
     totals = shards.select(pl.exclude("first", "last").fill_null(0).sum()).row(0, named=True)
-    per_patient = events_per_patient(root)
+    per_patient = events_per_patient(events)
     values, counts = per_patient["events"].to_list(), per_patient["patients"].to_list()
     return {
         "shards": shards.height,
@@ -282,28 +241,32 @@ def dataset_summary(root: str | Path) -> dict[str, Any]:
         "open_coverage_periods": int(totals["open_coverage_periods"]),
         "unmatched_coverage_ends": int(totals["unmatched_ends"]),
         "deaths": int(totals["deaths"]),
+        "data_end": events.window.end.date().isoformat(),
+        "events_after_death": events.dropped["after_death"],
+        "events_after_data_end": events.dropped["after_data_end"],
     }
 
 
 # --- codes -----------------------------------------------------------------------------------
 
 
-def codes_by_family(root: str | Path) -> pl.DataFrame:
+def codes_by_family(source: Events | str | Path) -> pl.DataFrame:
     """Per code family (the prefix before the first "/"): distinct codes, events, patients."""
+    events = open_events(source)
 
     def shard(lf: pl.LazyFrame) -> pl.LazyFrame:
-        per_code = lf.group_by(family=FAMILY, code=pl.col("code")).agg(
+        per_code = lf.group_by(family=VOCABULARY, code=pl.col("code")).agg(
             events=pl.len().cast(pl.Int64), patients=pl.col("subject_id").n_unique().cast(pl.Int64)
         )
         # Patients per family cannot be summed over codes; carry them on a null-code row.
-        per_family = lf.group_by(family=FAMILY).agg(
+        per_family = lf.group_by(family=VOCABULARY).agg(
             code=pl.lit(None, pl.String),
             events=pl.lit(0, pl.Int64),
             patients=pl.col("subject_id").n_unique().cast(pl.Int64),
         )
         return pl.concat([per_code.with_columns(patients=pl.lit(0, pl.Int64)), per_family])
 
-    parts = _per_shard(root, shard)
+    parts = _per_shard(events, shard)
     return (
         parts.group_by("family")
         .agg(
@@ -323,8 +286,9 @@ def code_descriptions(root: str | Path) -> pl.DataFrame:
     return pl.read_parquet(path, columns=["code", "description"]).unique("code", keep="first")
 
 
-def top_codes(root: str | Path, family: str, n: int = 20) -> pl.DataFrame:
+def top_codes(source: Events | str | Path, family: str, n: int = 20) -> pl.DataFrame:
     """The N most frequent codes of FAMILY (by events): code, description, events, patients."""
+    events = open_events(source)
 
     def shard(lf: pl.LazyFrame) -> pl.LazyFrame:
         return (
@@ -333,14 +297,14 @@ def top_codes(root: str | Path, family: str, n: int = 20) -> pl.DataFrame:
             .agg(events=pl.len().cast(pl.Int64), patients=pl.col("subject_id").n_unique().cast(pl.Int64))
         )
 
-    parts = _per_shard(root, shard)
+    parts = _per_shard(events, shard)
     top = (
         parts.group_by("code")
         .agg(pl.col("events", "patients").sum())
         .sort("events", "code", descending=[True, False])
         .head(n)
     )
-    return top.join(code_descriptions(root), on="code", how="left", maintain_order="left").select(
+    return top.join(code_descriptions(events.root), on="code", how="left", maintain_order="left").select(
         "code", "description", "events", "patients"
     )
 
@@ -372,18 +336,13 @@ def _age_on(day: dt.date, birth: pl.Expr) -> pl.Expr:
 
 
 def _year_population(lf: pl.LazyFrame, year: int, end_of_data: dt.datetime) -> pl.LazyFrame:
-    """Subjects covered and alive on 1 July of YEAR.
-
-    A subject without any coverage event counts as covered when they have an event in YEAR.
-    """
+    """Subjects covered and alive on 1 July of YEAR (coverage by the study's rule: a subject without coverage
+    events is covered from their first to the day after their last clinical event)."""
     mid = dt.datetime(year, 7, 1)
     periods = _coverage_periods(lf, end_of_data)
     covered = periods.filter((pl.col("start") <= mid) & (pl.col("end") > mid)).select("subject_id")
-    with_coverage = periods.select("subject_id")
-    in_year = lf.filter(pl.col("time").dt.year() == year, pl.col("code") != BIRTH_CODE).select("subject_id")
-    fallback = in_year.join(with_coverage, on="subject_id", how="anti")
     dead = lf.filter((pl.col("code") == DEATH_CODE) & (pl.col("time") < mid)).select("subject_id")
-    return pl.concat([covered, fallback]).unique().join(dead, on="subject_id", how="anti")
+    return covered.unique().join(dead, on="subject_id", how="anti")
 
 
 def _shard_prevalence(
@@ -402,7 +361,7 @@ def _shard_prevalence(
     )
     records = lf.filter((pl.col("time").dt.year() == year) & ~pl.col("suspected"))
     cases = records.group_by("subject_id").agg(
-        *(_starts_with_any(prefixes).any().alias(name) for name, prefixes in conditions.items())
+        *(starts_with_any(prefixes).any().alias(name) for name, prefixes in conditions.items())
     )
     patients = (
         _year_population(lf, year, end_of_data)
@@ -418,7 +377,7 @@ def _shard_prevalence(
 
 
 def condition_prevalence(
-    root: str | Path,
+    source: Events | str | Path,
     conditions: Mapping[str, Sequence[str]] = DEFAULT_CONDITIONS,
     age_bands: Sequence[int] = DEFAULT_AGE_BANDS,
     year: int = 0,
@@ -428,9 +387,10 @@ def condition_prevalence(
     Age is age on 1 July; YEAR 0 means `last_full_year`. One row per condition x age band x sex,
     with "all" margins: condition, age_band, sex, patients, cases, prevalence (null when no patients).
     """
-    year = year or last_full_year(root)
-    end_of_data = data_end(root)
-    cells = _per_shard(root, lambda lf: _shard_prevalence(lf, conditions, age_bands, year, end_of_data))
+    events = open_events(source)
+    year = year or last_full_year(events)
+    end_of_data = data_end(events)
+    cells = _per_shard(events, lambda lf: _shard_prevalence(lf, conditions, age_bands, year, end_of_data))
     counts = ["patients", *conditions]
     by_cell = cells.group_by("age_band", "sex").agg(pl.col(counts).sum())
     margins = [
@@ -460,15 +420,6 @@ def condition_prevalence(
     )
 
 
-# The reference study's outcomes, as code prefixes (ICD-10 I10 and N18; YJ ingredient prefixes).
-REFERENCE_OUTCOMES: dict[str, tuple[str, ...]] = {
-    "hypertension_I10": ("ICD10/I10",),
-    "ckd_N18": ("ICD10/N18",),
-    "amlodipine": ("YJ/2171022",),
-    "pregabalin": ("YJ/1190017",),
-}
-
-
 def _shard_incidence(
     lf: pl.LazyFrame, outcomes: Mapping[str, Sequence[str]], year: int, end_of_data: dt.datetime
 ) -> pl.LazyFrame:
@@ -486,7 +437,7 @@ def _shard_incidence(
     )
     confirmed = lf.filter(~pl.col("suspected") & pl.col("time").is_not_null())
     firsts = confirmed.group_by("subject_id").agg(
-        *(pl.col("time").filter(_starts_with_any(p)).min().alias(name) for name, p in outcomes.items())
+        *(pl.col("time").filter(starts_with_any(p)).min().alias(name) for name, p in outcomes.items())
     )
     people = adults.join(firsts, on="subject_id", how="left")
     return people.select(
@@ -502,13 +453,14 @@ def _shard_incidence(
 
 
 def one_year_incidence(
-    root: str | Path, outcomes: Mapping[str, Sequence[str]] = REFERENCE_OUTCOMES, years: Sequence[int] = ()
+    source: Events | str | Path, outcomes: Mapping[str, Sequence[str]], years: Sequence[int] = ()
 ) -> pl.DataFrame:
     """One-year incidence of a first confirmed record, pooled over YEARS (default: the last three full years
     that have a full year of coverage before them): outcome, at_risk, cases, incidence."""
-    end_of_data = data_end(root)
-    years = list(years) or [last_full_year(root) - i for i in range(3)]
-    parts = [_per_shard(root, lambda lf, y=y: _shard_incidence(lf, outcomes, y, end_of_data)) for y in years]
+    events = open_events(source)
+    end_of_data = data_end(events)
+    years = list(years) or [last_full_year(events) - i for i in range(3)]
+    parts = [_per_shard(events, lambda lf, y=y: _shard_incidence(lf, outcomes, y, end_of_data)) for y in years]
     totals = pl.concat(parts).sum()
     rows = [
         {"outcome": name, "at_risk": totals[f"{name}:at_risk"].item(), "cases": totals[f"{name}:cases"].item()}
@@ -536,10 +488,10 @@ def prevalence_by_band(prevalence: pl.DataFrame, sex: str = ALL) -> pl.DataFrame
 def _first_antihypertensive(lf: pl.LazyFrame) -> pl.LazyFrame:
     """Per subject with a CCB or ARB record: whether the first such receipt holds a CCB, an ARB (or both)."""
     prefixes = {cls: list(drugs.values()) for cls, drugs in ANTIHYPERTENSIVE_CLASSES.items()}
-    drugs = lf.filter(_starts_with_any(prefixes["ccb"] + prefixes["arb"]) & pl.col("time").is_not_null())
+    drugs = lf.filter(starts_with_any(prefixes["ccb"] + prefixes["arb"]) & pl.col("time").is_not_null())
     first = drugs.filter(pl.col("time") == pl.col("time").min().over("subject_id"))
     return first.group_by("subject_id").agg(
-        first_ccb=_starts_with_any(prefixes["ccb"]).any(), first_arb=_starts_with_any(prefixes["arb"]).any()
+        first_ccb=starts_with_any(prefixes["ccb"]).any(), first_arb=starts_with_any(prefixes["arb"]).any()
     )
 
 
@@ -564,7 +516,7 @@ def _patient_activity(lf: pl.LazyFrame, end_of_data: dt.datetime) -> pl.LazyFram
     return activity
 
 
-def hospital_profile(root: str | Path) -> pl.DataFrame:
+def hospital_profile(source: Events | str | Path) -> pl.DataFrame:
     """Per hospital: patients, person-years covered, receipts per person-year, share of diagnosis events
     that are suspected, and the shares of first CCB/ARB prescriptions that are a CCB or an ARB.
 
@@ -572,7 +524,8 @@ def hospital_profile(root: str | Path) -> pl.DataFrame:
     HOSPITAL codes belongs to the first (sorted); one with none to "unknown". Empty when the data has
     no HOSPITAL codes.
     """
-    end_of_data = data_end(root)
+    events = open_events(source)
+    end_of_data = data_end(events)
     counts = ["receipts", "diagnosis_events", "suspected_events", "first_ccb", "first_arb"]
 
     def shard(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -584,7 +537,7 @@ def hospital_profile(root: str | Path) -> pl.DataFrame:
             antihypertensive_starters=(pl.col("first_ccb") | pl.col("first_arb")).sum().cast(pl.Int64),
         )
 
-    totals = _per_shard(root, shard).group_by("hospital").agg(pl.all().sum())
+    totals = _per_shard(events, shard).group_by("hospital").agg(pl.all().sum())
     person_years = pl.col("covered_days") / DAYS_PER_YEAR
     starters = pl.col("antihypertensive_starters")
     profile = totals.sort(pl.col("hospital") == UNKNOWN, "hospital").select(
@@ -612,10 +565,11 @@ def _share(part: pl.Expr, whole: pl.Expr) -> pl.Expr:
 # --- suspected diagnoses -----------------------------------------------------------------------
 
 
-def suspected_by_code(root: str | Path) -> pl.DataFrame:
+def suspected_by_code(source: Events | str | Path) -> pl.DataFrame:
     """Per diagnosis code: events, suspected events, patient x code pairs with a suspected record, and
     those never followed (strictly later) by a confirmed record of the same code. Most suspected first.
     """
+    events = open_events(source)
 
     def shard(lf: pl.LazyFrame) -> pl.LazyFrame:
         diagnoses = lf.filter(FAMILY == DIAGNOSIS_FAMILY)
@@ -636,9 +590,9 @@ def suspected_by_code(root: str | Path) -> pl.DataFrame:
             never_confirmed_pairs=never_confirmed.sum().cast(pl.Int64),
         )
 
-    totals = _per_shard(root, shard).group_by("code").agg(pl.all().sum())
+    totals = _per_shard(events, shard).group_by("code").agg(pl.all().sum())
     return (
-        totals.join(code_descriptions(root), on="code", how="left")
+        totals.join(code_descriptions(events.root), on="code", how="left")
         .with_columns(
             suspected_share=_share(pl.col("suspected_events"), pl.col("events")),
             never_confirmed_share=_share(pl.col("never_confirmed_pairs"), pl.col("suspected_pairs")),
@@ -678,9 +632,10 @@ def suspected_totals(by_code: pl.DataFrame) -> dict[str, Any]:
     }
 
 
-def suspected_summary(root: str | Path) -> dict[str, Any]:
-    """`suspected_totals` of `suspected_by_code(root)`."""
-    return suspected_totals(suspected_by_code(root))
+def suspected_summary(source: Events | str | Path) -> dict[str, Any]:
+    """`suspected_totals` of `suspected_by_code(events)`."""
+    events = open_events(source)
+    return suspected_totals(suspected_by_code(events))
 
 
 # --- small cells and output files --------------------------------------------------------------

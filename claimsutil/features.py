@@ -5,7 +5,9 @@
     X, stats = count_features_with_stats("data/meds", labels, vocab)
 
 Only events strictly before a row's prediction time are used (`time < prediction_time`); static rows
-(null time) are allowed. The vocabulary is fitted on the training rows only, with the same cut.
+(null time) are allowed. Records are read through the study's view (`claimsutil.meds.Events`): those after
+death or past the end of the data are left out (and counted there). The vocabulary is fitted on the training
+rows only, with the same cut.
 
 Columns, in this order (`vocab.names` lists them):
 
@@ -38,13 +40,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import meds as meds_schema
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from claimsutil.meds import CERTAINTY_COLUMN, SUSPECTED, shard_paths
+from claimsutil.config import FeatureConfig
+from claimsutil.meds import BIRTH_CODE, HOSPITAL_PREFIX, Events, open_events
 
 __all__ = [
     "FeatureConfig",
@@ -57,30 +59,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BIRTH_CODE = meds_schema.birth_code  # "MEDS_BIRTH"
 SEX_PREFIX = "GENDER/"
-HOSPITAL_PREFIX = "HOSPITAL/"
 US_PER_DAY = 86_400_000_000
 US_PER_YEAR = 365.25 * US_PER_DAY
 
 # What a record feeds: the kind decides which block of columns it lands in.
 BIRTH, SEX, HOSPITAL, STATIC, EVENT = range(5)
 _ROW = "__feature_row__"  # label row index; a name no real dataset uses
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    windows_days: tuple[int, ...] = (30, 90, 365)  # recent windows, in days before the prediction time
-    min_code_patients: int = 5  # a code becomes a column only if at least this many training rows have it
-    include_suspected_counts: bool = True  # per-code counts of suspected diagnoses (when the data has them)
-
-    def __post_init__(self) -> None:
-        windows = tuple(self.windows_days)
-        if not windows or any(not isinstance(w, int) or w < 1 for w in windows) or len(set(windows)) != len(windows):
-            raise ValueError(f"FeatureConfig.windows_days = {self.windows_days!r}: need distinct integers >= 1")
-        object.__setattr__(self, "windows_days", windows)
-        if self.min_code_patients < 1:
-            raise ValueError(f"FeatureConfig.min_code_patients = {self.min_code_patients!r}: must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -192,13 +177,11 @@ def _prepare_labels(labels: pl.DataFrame, what: str) -> pl.DataFrame:
     return out
 
 
-def _subject_shards(paths: list[Path]) -> pl.DataFrame:
+def _subject_shards(events: Events) -> pl.DataFrame:
     """subject_id -> shard index; a subject in two shards is an error (MEDS keeps a subject in one)."""
+    paths = events.paths
     parts = [
-        pl.scan_parquet(p, hive_partitioning=False)
-        .select(pl.col("subject_id").cast(pl.Int64))
-        .unique()
-        .with_columns(shard=pl.lit(i, pl.UInt32))
+        events.scan(p).select("subject_id").unique().with_columns(shard=pl.lit(i, pl.UInt32))
         for i, p in enumerate(paths)
     ]
     found = pl.concat([part.collect() for part in parts]) if parts else pl.DataFrame()
@@ -210,9 +193,9 @@ def _subject_shards(paths: list[Path]) -> pl.DataFrame:
     return found
 
 
-def _labels_by_shard(paths: list[Path], labels: pl.DataFrame) -> tuple[dict[int, pl.DataFrame], int]:
+def _labels_by_shard(events: Events, labels: pl.DataFrame) -> tuple[dict[int, pl.DataFrame], int]:
     """The label rows of each shard, and how many rows have no shard at all."""
-    placed = labels.join(_subject_shards(paths), on="subject_id", how="left")
+    placed = labels.join(_subject_shards(events), on="subject_id", how="left")
     without = placed.filter(pl.col("shard").is_null()).height
     groups = placed.drop_nulls("shard").partition_by("shard", as_dict=True, include_key=False)
     return {key[0]: frame for key, frame in groups.items()}, without
@@ -234,28 +217,15 @@ def _kind() -> pl.Expr:
     )
 
 
-def _shard_groups(path: Path, shard_labels: pl.DataFrame, windows: tuple[int, ...]) -> pl.DataFrame:
+def _shard_groups(events: Events, path: Path, shard_labels: pl.DataFrame, windows: tuple[int, ...]) -> pl.DataFrame:
     """Per (label row, kind, code) of one shard: records, records in each window, suspected records, and
     microseconds from the earliest record to the prediction time. Only records that may be used count:
     static ones, and those strictly before the prediction time. Streamed: the joined records are never
     held in memory at once, only these groups."""
-    lf = pl.scan_parquet(path, hive_partitioning=False)
-    columns = lf.collect_schema().names()
-    missing = [c for c in ("subject_id", "time", "code") if c not in columns]
-    if missing:
-        raise ValueError(f"{path}: MEDS column(s) {missing} missing (found {columns})")
-    if CERTAINTY_COLUMN in columns:
-        suspected = (pl.col(CERTAINTY_COLUMN) == SUSPECTED).fill_null(False)
-    else:
-        suspected = pl.lit(False)
     before = pl.col("prediction_time") - pl.col("time")
     return (
-        lf.select(
-            pl.col("subject_id").cast(pl.Int64),
-            pl.col("time").cast(pl.Datetime("us")),
-            pl.col("code"),
-            suspected.alias("suspected"),
-        )
+        events.scan(path)
+        .select("subject_id", "time", "code", "suspected")
         .join(shard_labels.lazy(), on="subject_id", how="inner")
         .filter(pl.col("time").is_null() | (pl.col("time") < pl.col("prediction_time")))
         .group_by(_ROW, _kind().alias("kind"), "code")
@@ -270,7 +240,7 @@ def _shard_groups(path: Path, shard_labels: pl.DataFrame, windows: tuple[int, ..
 
 
 def _for_each_shard(
-    root: str | Path,
+    root: Events | str | Path,
     labels: pl.DataFrame,
     windows: tuple[int, ...],
     fn: Callable[[pl.DataFrame], None],
@@ -278,14 +248,13 @@ def _for_each_shard(
     desc: str,
 ) -> tuple[int, int]:
     """FN(groups) for every shard holding label rows; returns (shards, label rows in no shard)."""
-    paths = shard_paths(root)
-    if not paths:
-        raise FileNotFoundError(f"{Path(root) / 'data'}: no parquet shards")
-    by_shard, without = _labels_by_shard(paths, labels)
+    events = open_events(root)
+    paths = events.paths
+    by_shard, without = _labels_by_shard(events, labels)
     bar = tqdm(total=labels.height, desc=desc, unit="row", disable=not progress, smoothing=0.1)
     for i, path in enumerate(paths):
         if i in by_shard:
-            fn(_shard_groups(path, by_shard[i], windows))
+            fn(_shard_groups(events, path, by_shard[i], windows))
             bar.update(by_shard[i].height)
     bar.update(without)
     bar.close()
@@ -296,7 +265,11 @@ def _for_each_shard(
 
 
 def fit_vocabulary(
-    meds_root: str | Path, train_labels: pl.DataFrame, config: FeatureConfig | None = None, *, progress: bool = False
+    meds_root: Events | str | Path,
+    train_labels: pl.DataFrame,
+    config: FeatureConfig | None = None,
+    *,
+    progress: bool = False,
 ) -> FeatureVocabulary:
     """The feature columns, from the training rows' records strictly before their prediction times."""
     config = config or FeatureConfig()
@@ -464,7 +437,7 @@ class _Counter:
 
 
 def count_features_with_stats(
-    meds_root: str | Path, labels: pl.DataFrame, vocab: FeatureVocabulary, *, progress: bool = False
+    meds_root: Events | str | Path, labels: pl.DataFrame, vocab: FeatureVocabulary, *, progress: bool = False
 ) -> tuple[sp.csr_matrix, FeatureStats]:
     """The feature matrix (rows in the order of LABELS, float32) and what was counted and dropped."""
     prepared = _prepare_labels(labels, "labels")
@@ -480,7 +453,7 @@ def count_features_with_stats(
 
 
 def count_features(
-    meds_root: str | Path, labels: pl.DataFrame, vocab: FeatureVocabulary, *, progress: bool = False
+    meds_root: Events | str | Path, labels: pl.DataFrame, vocab: FeatureVocabulary, *, progress: bool = False
 ) -> sp.csr_matrix:
     """The feature matrix; the counts of dropped records are logged (use `count_features_with_stats` to keep them)."""
     matrix, stats = count_features_with_stats(meds_root, labels, vocab, progress=progress)
@@ -488,10 +461,3 @@ def count_features(
     if stats.rows_without_data:
         log.warning("count_features: %d label rows have no records in %s", stats.rows_without_data, meds_root)
     return matrix
-
-
-def feature_config(raw: dict) -> FeatureConfig:
-    """The `features` section of params.yaml as a FeatureConfig (unknown keys fail with their name)."""
-    from claimsutil.config import build_section
-
-    return build_section(FeatureConfig, "features", raw)

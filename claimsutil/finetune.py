@@ -29,7 +29,7 @@ import json
 import multiprocessing as mp
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,54 +42,12 @@ from tqdm import tqdm
 
 from claimsutil import metrics
 from claimsutil import tokenize as tok
-from claimsutil.cohort import read_labels, task_key
+from claimsutil.batching import pack_rows, rows_to_tensors
+from claimsutil.cohort import read_labels
+from claimsutil.config import FinetuneConfig
+from claimsutil.metrics import INITS
 from claimsutil.model import ClaimsEncoder, EncoderClassifier, ModelConfig
-from claimsutil.train import pack_rows, rows_to_tensors
-
-INITS = ("pretrained", "scratch")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    seed: int = 31  # run seeds (model init of the control, head init, batch order, dropout) and samples
-    budget_seeds: int = 1  # budget samples fine-tuned per budget (at most cohort.budget_seeds)
-    full_training_set: bool = False  # also fine-tune on every training patient (natural prevalence)
-    batch_patients: int = 64  # patients per optimizer step
-    lr: float = 3e-3  # AdamW learning rate (constant), the same for pretrained and from-scratch runs
-    weight_decay: float = 0.01
-    dropout: float = 0.1  # on the pooled state before the head
-    pooling: str = "mean"  # "mean" of the patient's hidden states or its "cls" state
-    max_epochs: int = 5  # passes over the labelled patients at most
-    patience: int = 2  # epochs without a better validation AUPRC before stopping
-    max_len: int = 128  # most recent tokens per patient (at most the model's max_len), also the packed row length
-    validation_patients: int = 150  # early-stopping sample: up to half validation positives, the rest negatives
-    test_negatives: int | None = 600  # test negatives scored (all positives always); None: every test patient
-    eval_tokens: int = 16384  # tokens per forward pass when scoring
-    workers: int = 2  # processes running runs in parallel (never changes the results)
-    device: str = "auto"  # "auto" (CUDA when available), "cuda" or "cpu"
-    num_threads: int = 1  # torch threads per process
-    n_resamples: int = 1000  # bootstrap resamples for the 95% intervals
-
-    def __post_init__(self) -> None:
-        for name in ("budget_seeds", "batch_patients", "max_epochs", "patience", "max_len", "workers", "num_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"finetune.{name} = {getattr(self, name)}: must be >= 1")
-        if self.validation_patients < 2:
-            raise ValueError(f"finetune.validation_patients = {self.validation_patients}: must be >= 2")
-        if self.test_negatives is not None and self.test_negatives < 1:
-            raise ValueError(f"finetune.test_negatives = {self.test_negatives}: must be >= 1 or null (all)")
-
-
-def finetune_config(raw: dict) -> FinetuneConfig:
-    """The `finetune` section of params.yaml (unknown keys and mistyped values fail with their name)."""
-    from claimsutil.config import build_section
-
-    raw = dict(raw or {})
-    negatives = raw.pop("test_negatives", FinetuneConfig.test_negatives)
-    if negatives is not None and (isinstance(negatives, bool) or not isinstance(negatives, int)):
-        raise ValueError(f"params.yaml: finetune.test_negatives = {negatives!r} must be an integer or null")
-    return replace(build_section(FinetuneConfig, "finetune", raw), test_negatives=negatives)
-
+from claimsutil.splits import task_key
 
 # --------------------------------------------------------------------------------------------- samples
 
@@ -223,7 +181,7 @@ def train_classifier(model: EncoderClassifier, train: tuple[list, np.ndarray], v
             loss = F.binary_cross_entropy_with_logits(_logits(model, batch), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             losses.append(float(loss.detach()))
         val_auprc = float(average_precision_score(val[1], predict_proba(model, val[0], row_len, config.eval_tokens)))

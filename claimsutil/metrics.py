@@ -25,6 +25,8 @@ import numpy as np
 import polars as pl
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
+INITS = ("pretrained", "scratch")  # fine-tuned encoders: from the pretrained weights, from a fresh initialisation
+
 METRICS = ("auprc", "auroc", "brier")
 CHUNK_ELEMENTS = 2_000_000  # resamples x rows held at once: bounds memory (16 MB per float matrix)
 

@@ -26,7 +26,8 @@ def suppress_small(
     """Integer (count) columns with values below MIN_CELL shown as "<MIN_CELL" (columns become strings).
 
     DERIVED maps a column computed from counts (a share) to those counts: it is nulled wherever one of
-    them is suppressed. KEEP names integer columns that count no people or events (e.g. codes).
+    them is suppressed. KEEP names integer columns that count no people or events (e.g. codes): shown as
+    they are (as strings, like every integer column of the result, so `write_table` sees it was checked).
     Refuses a table with a subject_id column.
     """
     if "subject_id" in df.columns:
@@ -52,6 +53,7 @@ def suppress_small(
             pl.when(pl.col(c) < min_cell).then(pl.lit(marker)).otherwise(pl.col(c).cast(pl.String)).alias(c)
             for c in counts
         ),
+        *(pl.col(c).cast(pl.String) for c, dtype in df.schema.items() if dtype.is_integer() and c in keep),
     )
 
 
@@ -78,10 +80,33 @@ def markdown_table(df: pl.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(df: pl.DataFrame, path_stem: str | Path) -> pl.DataFrame:
-    """Write DF (already suppressed) as PATH_STEM.csv and PATH_STEM.md; returns DF for display."""
+class SmallCellError(ValueError):
+    """A report table would show a count below the small-cell threshold."""
+
+
+def check_small_cells(df: pl.DataFrame, min_cell: int = 10, keep: Sequence[str] = (), what: str = "table") -> None:
+    """Refuse DF if an integer column not named in KEEP holds a value from 1 to MIN_CELL - 1: counts must go
+    through `suppress_small` (which makes them strings) before a report shows them. KEEP names integer columns
+    that count no people or events (layers, runs, codes, epochs)."""
+    for column, dtype in df.schema.items():
+        if dtype.is_integer() and column not in keep:
+            small = df.filter((pl.col(column) > 0) & (pl.col(column) < min_cell))
+            if small.height:
+                raise SmallCellError(
+                    f"{what}: column {column} shows {small.height} count(s) below {min_cell} (e.g. "
+                    f"{small[column][0]}); pass the table through report.suppress_small, or name the column in keep "
+                    "if it counts no people or events"
+                )
+
+
+def write_table(
+    df: pl.DataFrame, path_stem: str | Path, *, min_cell: int = 10, keep: Sequence[str] = ()
+) -> pl.DataFrame:
+    """Write DF (already suppressed: see `check_small_cells`) as PATH_STEM.csv and PATH_STEM.md; returns DF for
+    display."""
     if "subject_id" in df.columns:
         raise ValueError(f"{path_stem}: a report table must not hold subject ids")
+    check_small_cells(df, min_cell, keep, what=str(path_stem))
     path_stem = Path(path_stem)
     path_stem.parent.mkdir(parents=True, exist_ok=True)
     df.write_csv(f"{path_stem}.csv", float_precision=6)

@@ -23,11 +23,10 @@ import numpy as np
 import polars as pl
 
 from claimsutil import metrics
-from claimsutil.finetune import INITS
+from claimsutil.meds import code_family
+from claimsutil.metrics import INITS
 
 MODEL_ORDER = ("pretrained", "scratch", "lightgbm", "oracle")
-DISEASE_PREFIXES = ("ICD10/", "ICD9/", "ICD10CM/")
-DRUG_PREFIXES = ("YJ/", "ATC/", "RXNORM/", "NDC/")
 
 
 # ------------------------------------------------------------------------------------------------ Table 1
@@ -42,6 +41,9 @@ def read_pretrain_metrics(metrics_dir: str | Path, scales: list[str]) -> dict[st
             raise FileNotFoundError(f"{path}: no pretraining metrics for scale '{scale}' (run the pretrain stage)")
         out[scale] = json.loads(path.read_text(encoding="utf-8"))
     return out
+
+
+TABLE1_NOT_COUNTS = ("parameters", "non_embedding", "layers", "width", "heads", "ffn", "tokens")  # model shapes
 
 
 def table1(pretrain: dict[str, dict]) -> pl.DataFrame:
@@ -151,6 +153,18 @@ def downstream(preds: TaskPredictions, n_resamples: int, seed: int) -> pl.DataFr
             row |= {m: r[m]["point"], f"{m}_low": r[m]["low"], f"{m}_high": r[m]["high"]}
         rows.append(row)
     return pl.DataFrame(rows)
+
+
+def downstream_all(preds: dict[str, TaskPredictions], n_resamples: int, seed: int) -> pl.DataFrame:
+    """`downstream` of every task, stacked (the long form behind Table 3)."""
+    return pl.concat([downstream(p, n_resamples, seed) for p in preds.values()])
+
+
+def read_cohort_table(path: str | Path, min_cell: int) -> pl.DataFrame:
+    """Table 2 as the cohort stage wrote it (CSV), with the small-cell rule applied again."""
+    from claimsutil.report import suppress_small
+
+    return suppress_small(pl.read_csv(path, infer_schema_length=None), min_cell)
 
 
 def _cell(point: float, low: float, high: float) -> str:
@@ -311,11 +325,44 @@ def findings(decisions: list[dict], table1_df: pl.DataFrame, task_kinds: dict[st
     return out
 
 
+def budget_labels(budgets: tuple[int, ...], full_training_set: bool) -> list[str]:
+    """The label budgets as the prediction files name them ("100", ..., and "full" for the training set)."""
+    return [str(b) for b in budgets] + (["full"] if full_training_set else [])
+
+
+def headline_budget(budgets: list[str]) -> str:
+    """The budget of the headline: the largest balanced one (not the full training set)."""
+    return budgets[-2] if budgets[-1] == "full" and len(budgets) > 1 else budgets[-1]
+
+
+def task_kinds(tasks) -> dict[str, str]:
+    """Task name -> "disease" or "drug" (`task_kind` of its outcome codes)."""
+    return {spec.name: task_kind(spec.outcome) for spec in tasks}
+
+
+def summary_metrics(fits: dict, decisions: list[dict], sat: pl.DataFrame, budget: str) -> dict[str, Any]:
+    """The scaling stage's metrics JSON: the power-law exponents and, at the headline BUDGET, each task's
+    saturation, gain over LightGBM and pretraining hours saved."""
+    rows = {r["task"]: r for r in sat.filter(pl.col("budget") == budget).iter_rows(named=True)}
+    return {
+        "power_law_exponent": {k: f.exponent for k, f in fits.items()},
+        "saturation": {
+            d["task"]: {"budget": d["budget"], "scale": d["saturation_scale"], "best": d["best_scale"]}
+            for d in decisions
+            if d["budget"] == budget
+        },  # fmt: skip
+        "gain_over_lightgbm": {t: r["gain_over_lightgbm"] for t, r in rows.items()},
+        "hours_saved": {t: r["hours_saved"] for t, r in rows.items()},
+    }
+
+
 def task_kind(outcome: tuple[str, ...]) -> str:
-    """ "disease" when every outcome prefix is a diagnosis code, "drug" when every one is a drug code."""
-    if all(o.startswith(DISEASE_PREFIXES) for o in outcome):
+    """ "disease" when every outcome prefix is a diagnosis code, "drug" when every one is a drug code (code
+    families of `claimsutil.meds.code_family`)."""
+    families = {code_family(o) for o in outcome}
+    if families == {"diagnosis"}:
         return "disease"
-    if all(o.startswith(DRUG_PREFIXES) for o in outcome):
+    if families == {"drug"}:
         return "drug"
     return "other"
 

@@ -67,18 +67,18 @@ import json
 import logging
 import shutil
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import meds as meds_schema
 import numpy as np
 import polars as pl
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
-from claimsutil.meds import CERTAINTY_COLUMN, COVERAGE_END, COVERAGE_START, SUSPECTED, shard_paths
+from claimsutil.config import TokenizeConfig
+from claimsutil.meds import BIRTH_CODE, BOOKKEEPING_CODES, FAMILY_BY_PREFIX, SUSPECTED, Events, code_family, open_events
 
 __all__ = [
     "FAMILIES",
@@ -98,18 +98,8 @@ log = logging.getLogger(__name__)
 PAD, MASK, CLS, UNK = 0, 1, 2, 3
 SPECIAL_TOKENS = ("[PAD]", "[MASK]", "[CLS]", "[UNK]")
 SUSPECTED_SUFFIX = "//" + SUSPECTED
-NOT_TOKENS = (meds_schema.birth_code, meds_schema.death_code, COVERAGE_START, COVERAGE_END)
+NOT_TOKENS = BOOKKEEPING_CODES  # birth (age is an embedding), death (an outcome), coverage (bookkeeping)
 FAMILIES = ("special", "diagnosis", "drug", "other")  # family ids are indices into this tuple
-FAMILY_BY_PREFIX = {
-    "ICD10": "diagnosis",
-    "ICD10CM": "diagnosis",
-    "ICD9": "diagnosis",
-    "ICD9CM": "diagnosis",
-    "YJ": "drug",  # Japanese drug price list codes (YJ コード)
-    "ATC": "drug",
-    "RXNORM": "drug",
-    "NDC": "drug",
-}
 REPEATS_POLICIES = ("keep", "first_per_episode")
 TIME_STATIC = np.iinfo(np.int64).min  # times.npy value of [CLS] and static tokens
 US_PER_DAY = 86_400_000_000
@@ -118,27 +108,12 @@ STORE_FILES = ("tokens", "ages", "times", "visits")  # packed per-token arrays
 FORMAT_VERSION = 1
 
 
-@dataclass(frozen=True)
-class TokenizeConfig:
-    min_count: int = 5  # a token enters the vocabulary with at least this many tokens among pretraining patients
-    repeats: str = "first_per_episode"  # "keep" every record, or drop a token present on the previous visit
-    include_static: bool = True  # static (null-time) codes as tokens after [CLS]
-    max_len: int | None = 512  # read-time cap on a sequence (readers only; the store keeps everything)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.min_count, int) or self.min_count < 1:
-            raise ValueError(f"TokenizeConfig.min_count = {self.min_count!r}: must be an integer >= 1")
-        if self.repeats not in REPEATS_POLICIES:
-            raise ValueError(f"TokenizeConfig.repeats = {self.repeats!r}: must be one of {REPEATS_POLICIES}")
-        if self.max_len is not None and (not isinstance(self.max_len, int) or self.max_len < 1):
-            raise ValueError(f"TokenizeConfig.max_len = {self.max_len!r}: must be an integer >= 1 or None")
+STORE_CONFIG_FIELDS = ("min_count", "repeats", "include_static", "max_len")  # what the store's bytes depend on
 
 
-def tokenize_config(raw: dict) -> TokenizeConfig:
-    """The `tokenize` section of params.yaml as a TokenizeConfig (unknown keys fail with their name)."""
-    from claimsutil.config import build_section
-
-    return build_section(TokenizeConfig, "tokenize", raw)
+def store_config(config: TokenizeConfig) -> dict[str, Any]:
+    """The config fields a vocabulary and a store are built with (not report-only knobs like repeats_shards)."""
+    return {k: getattr(config, k) for k in STORE_CONFIG_FIELDS}
 
 
 def token_family(token: str) -> str:
@@ -147,8 +122,7 @@ def token_family(token: str) -> str:
         return "special"
     if token.endswith(SUSPECTED_SUFFIX):
         return "diagnosis"
-    prefix, slash, _ = token.partition("/")
-    return FAMILY_BY_PREFIX.get(prefix.upper(), "other") if slash else "other"
+    return code_family(token)
 
 
 # --- vocabulary -------------------------------------------------------------------------------------
@@ -189,7 +163,7 @@ class Vocabulary:
         ]
         return {
             "format": FORMAT_VERSION,
-            "config": asdict(self.config),
+            "config": store_config(self.config),
             "families": list(FAMILIES),
             "family_ids": self.family_ids.tolist(),
             "pretrain_subjects": self.pretrain_subjects,
@@ -235,21 +209,9 @@ class _Shard:
     removed: int  # tokens dropped by the repeats policy
 
 
-def _read_shard(path: Path, config: TokenizeConfig, only: pl.DataFrame | None = None) -> _Shard:
-    lf = pl.scan_parquet(path, hive_partitioning=False)
-    columns = lf.collect_schema().names()
-    missing = [c for c in ("subject_id", "time", "code") if c not in columns]
-    if missing:
-        raise ValueError(f"{path}: MEDS column(s) {missing} missing (found {columns})")
-    suspected = (
-        (pl.col(CERTAINTY_COLUMN) == SUSPECTED).fill_null(False) if CERTAINTY_COLUMN in columns else pl.lit(False)
-    )
-    df = lf.select(
-        pl.col("subject_id").cast(pl.Int64),
-        pl.col("time").cast(pl.Datetime("us")),
-        pl.col("code").cast(pl.String),
-        suspected.alias("suspected"),
-    )
+def _read_shard(events: Events, path: Path, config: TokenizeConfig, only: pl.DataFrame | None = None) -> _Shard:
+    """One shard's tokens, read through the study's view (records after death or past the end left out)."""
+    df = events.scan(path).select("subject_id", "time", "code", "suspected")
     if only is not None:
         df = df.join(only.lazy(), on="subject_id", how="semi")
     df = df.collect()
@@ -264,7 +226,7 @@ def _read_shard(path: Path, config: TokenizeConfig, only: pl.DataFrame | None = 
         not_token = not_token | pl.col("time").is_null()
     excluded = dict(df.filter(not_token).group_by("code").len().sort("code").iter_rows())
     births = (
-        df.filter(pl.col("code") == meds_schema.birth_code)
+        df.filter(pl.col("code") == BIRTH_CODE)
         .drop_nulls("time")
         .group_by("subject_id")
         .agg(birth=pl.col("time").min())
@@ -301,21 +263,22 @@ def _first_per_episode(events: pl.DataFrame) -> pl.DataFrame:
 
 
 def build_vocabulary(
-    meds_root: str | Path, pretrain_ids: Any, config: TokenizeConfig | None = None, *, progress: bool = False
+    meds_root: Events | str | Path, pretrain_ids: Any, config: TokenizeConfig | None = None, *, progress: bool = False
 ) -> Vocabulary:
     """Count tokens over the pretraining patients (PRETRAIN_IDS: train + validation subject ids) only."""
     config = config or TokenizeConfig()
+    events = open_events(meds_root)
     ids = pl.DataFrame({"subject_id": np.unique(np.asarray(pretrain_ids, dtype=np.int64))})
     if ids.height == 0:
         raise ValueError("build_vocabulary: no pretraining subject ids")
     counts: Counter[str] = Counter()
     found = 0
-    for path in tqdm(shard_paths(meds_root), desc="vocabulary", unit="shard", disable=not progress):
-        shard = _read_shard(path, config, only=ids)
+    for path in tqdm(events.paths, desc="vocabulary", unit="shard", disable=not progress):
+        shard = _read_shard(events, path, config, only=ids)
         found += shard.subjects.size
         counts.update(dict(shard.events.group_by("token").len().iter_rows()))
     if found == 0:
-        raise ValueError(f"build_vocabulary: none of the {ids.height} pretraining subjects is in {meds_root}")
+        raise ValueError(f"build_vocabulary: none of the {ids.height} pretraining subjects is in {events.root}")
     kept = [t for t, n in counts.items() if n >= config.min_count and t not in SPECIAL_TOKENS]
     kept.sort(key=lambda t: (FAMILIES.index(token_family(t)), t))
     rare = [n for t, n in counts.items() if n < config.min_count]
@@ -346,7 +309,9 @@ class StoreStats:
     subjects: int = 0
     tokens: int = 0  # every token written, [CLS] included
     shards: int = 0
-    records: int = 0  # MEDS records read
+    records: int = 0  # MEDS records read (the study's view)
+    records_left_out: dict[str, int] = field(default_factory=dict)  # after death / past the end of the data
+    data_end: str = ""  # the end of the data (exclusive; `claimsutil.meds.data_window`)
     excluded_records: dict[str, int] = field(default_factory=dict)  # code -> records that are not tokens
     repeats_removed: int = 0  # tokens dropped by the repeats policy
     unknown_tokens: int = 0  # tokens written as [UNK]
@@ -356,6 +321,7 @@ class StoreStats:
     length_mean: float = 0.0
     length_median: float = 0.0
     length_p95: float = 0.0
+    share_longer_than_max_len: float = 0.0  # patients whose whole history exceeds config.max_len
     config: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -443,7 +409,7 @@ def _place(parts: list[tuple[np.ndarray, Path]], out_dir: Path) -> tuple[np.ndar
 
 
 def build_store(
-    meds_root: str | Path,
+    meds_root: Events | str | Path,
     vocab: Vocabulary,
     out_dir: str | Path,
     config: TokenizeConfig | None = None,
@@ -452,6 +418,7 @@ def build_store(
 ) -> StoreStats:
     """Tokenize every patient of MEDS_ROOT into OUT_DIR (replaced); see the module docstring for the layout."""
     config = config or vocab.config
+    events = open_events(meds_root)
     for name in ("repeats", "include_static"):
         if getattr(config, name) != getattr(vocab.config, name):
             raise ValueError(
@@ -467,14 +434,14 @@ def build_store(
         {"token": list(vocab.tokens), "id": np.arange(len(vocab), dtype=np.int32)},
         schema={"token": pl.String, "id": pl.Int32},
     )
-    stats = StoreStats(config=asdict(config))
+    stats = StoreStats(config=store_config(config))
     excluded: Counter[str] = Counter()
     unknown: Counter[str] = Counter()
     parts: list[tuple[np.ndarray, Path]] = []
-    paths = shard_paths(meds_root)
+    paths = events.paths
     bar = tqdm(paths, desc="tokenize", unit="shard", disable=not progress)
     for i, path in enumerate(bar):
-        shard = _read_shard(path, config)
+        shard = _read_shard(events, path, config)
         arrays, unk = _shard_arrays(shard, vocab_frame)
         part = parts_dir / f"{i:05d}"
         part.mkdir()
@@ -496,12 +463,16 @@ def build_store(
     lengths = np.diff(offsets)
     stats.subjects, stats.tokens, stats.shards = int(subjects.size), int(offsets[-1]), len(paths)
     stats.excluded_records = dict(sorted(excluded.items()))
+    stats.records_left_out = events.dropped
+    stats.data_end = events.window.end.date().isoformat()
     stats.unknown_tokens = int(sum(unknown.values()))
     stats.unknown_codes = dict(sorted(unknown.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_UNKNOWN])
     if lengths.size:
         stats.length_mean = float(lengths.mean())
         stats.length_median = float(np.median(lengths))
         stats.length_p95 = float(np.percentile(lengths, 95))
+        if config.max_len is not None:
+            stats.share_longer_than_max_len = float((lengths > config.max_len).mean())
     text = json.dumps(stats.to_dict(), indent=1, sort_keys=True, ensure_ascii=False)
     (out_dir / "stats.json").write_text(text + "\n", encoding="utf-8")
     log.info(
@@ -600,7 +571,7 @@ class TokenStore:
 
 
 def compare_repeats(
-    meds_root: str | Path, config: TokenizeConfig | None = None, max_shards: int | None = None
+    meds_root: Events | str | Path, config: TokenizeConfig | None = None, max_shards: int | None = None
 ) -> dict[str, dict[str, float]]:
     """Per repeats policy: tokens (without [CLS]), per-patient mean / median / p95, share removed relative to
     "keep", and (patient, token) pairs present under "keep" but absent under the policy. MAX_SHARDS: measure
@@ -608,9 +579,10 @@ def compare_repeats(
     config = config or TokenizeConfig()
     per_policy: dict[str, list[np.ndarray]] = {p: [] for p in REPEATS_POLICIES}
     pairs: dict[str, int] = dict.fromkeys(REPEATS_POLICIES, 0)
-    for path in shard_paths(meds_root)[:max_shards]:
+    events = open_events(meds_root)
+    for path in events.paths[:max_shards]:
         for policy in REPEATS_POLICIES:
-            shard = _read_shard(path, TokenizeConfig(**{**asdict(config), "repeats": policy}))
+            shard = _read_shard(events, path, replace(config, repeats=policy))
             n = pl.DataFrame({"subject_id": shard.subjects}).join(
                 shard.events.group_by("subject_id").len(), on="subject_id", how="left"
             )
@@ -629,6 +601,33 @@ def compare_repeats(
             "pairs_lost": pairs["keep"] - pairs[policy],
         }
     return out
+
+
+def repeats_table(repeats: dict[str, dict[str, float]]) -> pl.DataFrame:
+    """`compare_repeats` as a table: one row per policy."""
+    return pl.DataFrame([{"policy": policy, **numbers} for policy, numbers in repeats.items()])
+
+
+def vocabulary_families(vocab: Vocabulary) -> pl.DataFrame:
+    """Tokens per family of the vocabulary: family, tokens."""
+    families = pl.DataFrame({"family": list(vocab.families)}).group_by("family").agg(tokens=pl.len().cast(pl.Int64))
+    return families.sort("family")
+
+
+def stage_metrics(vocab: Vocabulary, stats: StoreStats, config: TokenizeConfig, repeats: dict) -> dict[str, Any]:
+    """The tokenize stage's metrics JSON: vocabulary, tokens, [UNK], repeats and lengths, records left out."""
+    return {
+        "vocabulary": len(vocab.tokens),
+        "patients": stats.subjects,
+        "tokens": stats.tokens,
+        "unknown_tokens": stats.unknown_tokens,
+        "repeats_removed": stats.repeats_removed,
+        "length_mean": stats.length_mean,
+        "length_p95": stats.length_p95,
+        "share_longer_than_max_len": stats.share_longer_than_max_len,
+        "repeats_removed_share": repeats[config.repeats]["removed_share"],
+        **{f"records_{reason}": n for reason, n in stats.records_left_out.items()},
+    }
 
 
 def plot_lengths(lengths: np.ndarray, max_len: int | None = None):

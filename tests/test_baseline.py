@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 from sklearn.metrics import average_precision_score
 
-from claimsutil.baseline import BaselineConfig, feature_importance, fit_baseline, predict
+from claimsutil.baseline import BaselineConfig, feature_importance, fit_baseline, grid, predict
 from claimsutil.bench import stand_in_labels
 from claimsutil.config import SynthParams
 from claimsutil.features import FeatureConfig, FeatureVocabulary, count_features, fit_vocabulary
@@ -49,9 +49,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
 
 
 def test_baseline_beats_the_positive_rate(data: Data) -> None:
-    config = BaselineConfig()
+    config = BaselineConfig(min_child_samples=(5, 20))
     fitted = fit_baseline(data.train.X, data.train.y, data.val.X, data.val.y, config)
-    assert [p.params for p in fitted.grid] == config.grid() and len(fitted.grid) == 4
+    assert [p.params for p in fitted.grid] == grid(config) and len(fitted.grid) == 4
     assert fitted.val_auprc == max(p.val_auprc for p in fitted.grid)
     assert json.loads(json.dumps(fitted.summary()))["best_iteration"] == fitted.best_iteration
     assert 1 <= fitted.best_iteration < config.n_estimators  # early stopping stopped it

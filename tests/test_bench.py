@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from claimsutil.batching import pack_rows
 from claimsutil.bench import gemm_peak_flops, padding_share
-from claimsutil.train import pack_rows
 
 
 def test_gemm_peak_is_a_positive_rate_counting_2n3_flops(monkeypatch):

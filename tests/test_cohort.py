@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 import shutil
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import polars as pl
 import pytest
 
 from claimsutil import cohort as co
+from claimsutil import splits as sp
 from claimsutil.config import CohortParams, SynthParams, TaskSpec
-from claimsutil.meds import shard_paths
+from claimsutil.meds import shard_paths, subject_hospitals
 from claimsutil.synth import generate
 
 END = dt.datetime(2024, 1, 1)
@@ -154,11 +156,11 @@ def test_labels_obey_the_definition_on_generator_data(generated):
 
 
 def test_splits_are_patient_level_and_disjoint(generated):
-    hospitals = co.subject_hospitals(generated)
+    hospitals = subject_hospitals(generated)
     params = CohortParams(held_out_hospitals=3)
-    splits = co.assign_splits(hospitals, params)
+    splits = sp.assign_splits(hospitals, params)
     assert splits.height == 12000 and splits["subject_id"].n_unique() == 12000
-    assert set(splits["split"]) == set(co.SPLITS)
+    assert set(splits["split"]) == set(sp.SPLITS)
     held = splits.filter(pl.col("split") == "held_out_hospital")["hospital"].unique()
     assert held.len() == 3
     assert splits.filter(pl.col("hospital").is_in(held.implode()))["split"].unique().to_list() == ["held_out_hospital"]
@@ -166,19 +168,25 @@ def test_splits_are_patient_level_and_disjoint(generated):
     share = dict(shares.iter_rows())
     assert abs(share["train"] - 0.70) < 0.03 and abs(share["test"] - 0.15) < 0.03
     # A patient's split does not depend on who else is in the data.
-    subset = co.assign_splits(hospitals.filter(pl.col("subject_id") % 2 == 0), params)
+    subset = sp.assign_splits(hospitals.filter(pl.col("subject_id") % 2 == 0), params)
     assert subset.join(splits, on="subject_id")["split"].equals(
         subset.join(splits, on="subject_id")["split_right"], check_names=False
     )
-    with pytest.raises(co.CohortError, match="held_out_hospitals = 40"):
-        co.assign_splits(hospitals, CohortParams(held_out_hospitals=40))
+    with pytest.raises(sp.SplitError, match="held_out_hospitals = 40"):
+        sp.assign_splits(hospitals, CohortParams(held_out_hospitals=40))
+    # Data without HOSPITAL/ codes: nothing is held out, and the note says why.
+    anonymous = hospitals.with_columns(hospital=pl.lit(None, pl.String))
+    assert (
+        sp.held_out_count(anonymous, params)[0] == 0 and "no HOSPITAL/ codes" in sp.held_out_count(anonymous, params)[1]
+    )
+    assert "held_out_hospital" not in sp.assign_splits(anonymous, params)["split"].to_list()
 
 
 def test_budgets_are_balanced_training_samples(generated):
     spec = TASKS[2]
     c = co.build_tasks(generated, (spec,), seed=3)[spec.name]
     params = CohortParams(budgets=(20, 40), budget_seeds=2, held_out_hospitals=2)
-    splits = co.assign_splits(co.subject_hospitals(generated), params)
+    splits = sp.build_splits(generated, params)[0]
     budgets = co.sample_budgets(c.labels, splits, spec.name, params)
     assert budgets.group_by("budget", "seed").len().sort("budget", "seed")["len"].to_list() == [20, 20, 40, 40]
     joined = budgets.join(c.labels, on="subject_id").join(splits, on="subject_id")
@@ -195,28 +203,32 @@ def test_budgets_are_balanced_training_samples(generated):
 
 def test_table2_accounts_for_every_patient(generated):
     cohorts = co.build_tasks(generated, TASKS, seed=3)
-    splits = co.assign_splits(co.subject_hospitals(generated), CohortParams(held_out_hospitals=2))
+    splits = sp.build_splits(generated, CohortParams(held_out_hospitals=2))[0]
     table = co.table2(cohorts, splits)
     for row in table.iter_rows(named=True):
         excluded = sum(row[f"excluded_{r}"] for r in co.EXCLUSIONS)
         assert row["eligible"] + excluded == row["patients"] == 12000
-        assert sum(row[f"{s}_patients"] for s in co.SPLITS) == row["eligible"]
-        assert sum(row[f"{s}_positives"] for s in co.SPLITS) == row["positives"]
+        assert sum(row[f"{s}_patients"] for s in sp.SPLITS) == row["eligible"]
+        assert sum(row[f"{s}_positives"] for s in sp.SPLITS) == row["positives"]
         assert row["positive_rate"] == pytest.approx(row["positives"] / row["eligible"])
 
 
 def test_tasks_that_cannot_be_evaluated_stop_clearly(generated):
-    splits = co.assign_splits(co.subject_hospitals(generated), CohortParams(held_out_hospitals=2))
+    splits = sp.build_splits(generated, CohortParams(held_out_hospitals=2))[0]
     ghost = TaskSpec("ghost", ("ICD10/Z99.9", "YJ/0000000"), 365, 365)
-    c = co.build_tasks(generated, (ghost,), seed=3)["ghost"]
-    with pytest.raises(co.CohortError, match=r"task 'ghost': no event .* \['ICD10/Z99.9', 'YJ/0000000'\]"):
-        co.check_task(generated, c, splits, 10)
-    with pytest.raises(co.CohortError, match=r"check `tasks.ghost.outcome` in params.yaml"):
-        co.check_task(generated, c, splits, 10)
     rare = TaskSpec("rare", ("ICD10/I63.9",), 30, 365)
-    c = co.build_tasks(generated, (rare,), seed=3)["rare"]
-    with pytest.raises(co.CohortError, match=r"task 'rare' \(outcome \['ICD10/I63.9'\]\): \d+ positive patient"):
-        co.check_task(generated, c, splits, 1000)
+    fine = TaskSpec("fine", ("YJ/2171022",), 365, 365)
+    cohorts = co.build_tasks(generated, (ghost, rare, fine), seed=3)
+    with pytest.raises(co.CohortError) as failure:
+        co.check_tasks(generated, cohorts, splits, 1000)
+    message = str(failure.value)
+    # Every failing task at once, each with its codes and its counts per split; the one that works is not named.
+    assert message.startswith("3 of 3 task(s)") or message.startswith("2 of 3 task(s)")
+    assert re.search(r"task 'ghost': no event .* \['ICD10/Z99.9', 'YJ/0000000'\]", message)
+    assert "check `tasks.ghost.outcome` in params.yaml" in message
+    assert re.search(r"task 'rare' \(outcome \['ICD10/I63.9'\]\): fewer than cohort.min_positives = 1000", message)
+    assert re.search(r"train: [\d,]+ patients, \d+ positives; validation: [\d,]+ patients", message)
+    co.check_tasks(generated, {"fine": cohorts["fine"]}, splits, 10)  # enough positives: no error
 
 
 def test_oracle_is_calibrated_deterministic_and_uses_no_future(generated):
@@ -263,7 +275,7 @@ def test_baseline_beats_the_positive_rate_and_not_the_oracle(generated):
 
     spec = TASKS[1]  # CKD
     labels = co.build_tasks(generated, (spec,), seed=3)[spec.name].labels
-    splits = co.assign_splits(co.subject_hospitals(generated), CohortParams(held_out_hospitals=0))
+    splits = sp.build_splits(generated, CohortParams(held_out_hospitals=0))[0]
     rows = labels.join(splits, on="subject_id")
     part = {s: rows.filter(pl.col("split") == s).drop("split", "hospital") for s in ("train", "validation", "test")}
     vocab = features.fit_vocabulary(generated, part["train"])

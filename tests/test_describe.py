@@ -167,6 +167,9 @@ def test_dataset_summary(meds_root: Path) -> None:
         "open_coverage_periods": 1,
         "unmatched_coverage_ends": 1,
         "deaths": 1,
+        "data_end": "2024-01-01",  # the month of the last covered day (COVERAGE/END - 1 day) is December 2023
+        "events_after_death": 0,
+        "events_after_data_end": 0,
     }
     assert describe.last_full_year(meds_root) == 2023
     assert describe.events_per_patient(meds_root).rows() == [(2, 1), (7, 1), (9, 1), (11, 1), (13, 2)]
@@ -197,18 +200,18 @@ def test_codes_by_family(meds_root: Path) -> None:
 
 
 def test_top_codes(meds_root: Path, bare_root: Path) -> None:
-    assert describe.top_codes(meds_root, "ICD10", n=3).rows() == [
+    assert describe.top_codes(meds_root, "diagnosis", n=3).rows() == [
         ("ICD10/I10", "Essential (primary) hypertension", 9, 4),
         ("ICD10/E11.9", "Type 2 diabetes", 2, 1),
         ("ICD10/E78.5", None, 2, 1),
     ]
-    assert describe.top_codes(meds_root, "YJ", n=3).rows() == [
+    assert describe.top_codes(meds_root, "drug", n=3).rows() == [
         (AMLODIPINE, "amlodipine 2.5 mg", 3, 2),
         (LOSARTAN, None, 2, 2),
         (OLMESARTAN, None, 2, 1),
     ]
-    assert describe.top_codes(bare_root, "ICD10", n=1)["description"].to_list() == [None]
-    assert describe.top_codes(meds_root, "ATC", n=5).is_empty()
+    assert describe.top_codes(bare_root, "diagnosis", n=1)["description"].to_list() == [None]
+    assert describe.top_codes(meds_root, "procedure", n=5).is_empty()
 
 
 def _cell(table: pl.DataFrame, condition: str, age_band: str, sex: str) -> tuple:
@@ -219,8 +222,8 @@ def _cell(table: pl.DataFrame, condition: str, age_band: str, sex: str) -> tuple
 
 def test_condition_prevalence(meds_root: Path) -> None:
     # Population on 2023-07-01: patients 1 (F, 73), 2 (M, 39: birthday on 2 July), 4 (M, 82: alive until
-    # September), 5 (F, 58: open coverage) and 6 (no coverage events, an event in 2023).
-    # Not 3 (coverage ended in March).
+    # September) and 5 (F, 58: open coverage). Not 3 (coverage ended in March), not 6 (an orphan COVERAGE/END
+    # and no open period: by the study's one coverage rule, not covered).
     table = describe.condition_prevalence(meds_root)
     assert table.columns == ["condition", "age_band", "sex", "patients", "cases", "prevalence"]
     assert table["condition"].unique(maintain_order=True).to_list() == list(describe.DEFAULT_CONDITIONS)
@@ -231,22 +234,21 @@ def test_condition_prevalence(meds_root: Path) -> None:
         "ckd": 0,  # 2's N18.9 is only suspected
         "heart_failure": 1,
         "atrial_fibrillation": 0,  # 4's I48 is only suspected
-        "osteoporosis": 1,
+        "osteoporosis": 0,  # 6's M81 falls outside coverage
         "amlodipine_users": 1,
         "pregabalin_users": 1,
     }
     for condition, cases in expected_all.items():
-        assert _cell(table, condition, "all", "all") == (5, cases, pytest.approx(cases / 5))
+        assert _cell(table, condition, "all", "all") == (4, cases, pytest.approx(cases / 4))
     assert _cell(table, "hypertension", "all", "F") == (2, 1, 0.5)
     assert _cell(table, "hypertension", "all", "M") == (2, 2, 1.0)
     assert _cell(table, "hypertension", "20-39", "M") == (1, 1, 1.0)
     assert _cell(table, "hypertension", "70-79", "F") == (1, 1, 1.0)
     assert _cell(table, "hypertension", "80+", "all") == (1, 1, 1.0)
     assert _cell(table, "hypertension", "50-59", "F") == (1, 0, 0.0)
-    assert _cell(table, "osteoporosis", "unknown", "unknown") == (1, 1, 1.0)
-    assert table.filter(pl.col("age_band") == "<20").is_empty()
+    assert table.filter(pl.col("age_band").is_in(["<20", "unknown"])).is_empty()
     bands = table.filter((pl.col("condition") == "ckd") & (pl.col("sex") == "all"))["age_band"].to_list()
-    assert bands == ["20-39", "50-59", "70-79", "80+", "unknown", "all"]
+    assert bands == ["20-39", "50-59", "70-79", "80+", "all"]
 
 
 def test_condition_prevalence_other_year_and_conditions(meds_root: Path) -> None:
@@ -274,11 +276,12 @@ def test_without_coverage_codes(bare_root: Path) -> None:
     )
     assert summary["last_event_date"] == "2023-10-01"
     assert describe.coverage_years(bare_root).is_empty() and describe.coverage_end_reasons(bare_root).is_empty()
-    # The data end in October 2023, so 2022 is the last full year; without coverage events the
-    # population is everyone with an event that year: patients 1, 3 and 5.
+    # The data end in October 2023, so 2022 is the last full year; without coverage events a patient is
+    # covered from the first to the day after the last clinical event (the study's one rule): 1, 2, 3 and 5
+    # on 1 July 2022 (4's events are all in 2023); only 1 has a confirmed I10 in 2022.
     assert describe.last_full_year(bare_root) == 2022
     table = describe.condition_prevalence(bare_root)
-    assert _cell(table, "hypertension", "all", "all") == (3, 1, pytest.approx(1 / 3))
+    assert _cell(table, "hypertension", "all", "all") == (4, 1, pytest.approx(1 / 4))
 
 
 def test_hospital_profile(meds_root: Path) -> None:
@@ -427,7 +430,7 @@ def test_notebook_runs_and_writes_reports(meds_root: Path, tmp_path: Path) -> No
     assert metrics["suspected_share"] == pytest.approx(describe.suspected_summary(meds_root)["suspected_share"])
     assert metrics["n_hospitals"] == 2
     assert metrics["reference_year"] == 2023
-    assert metrics["prevalence_hypertension"] == pytest.approx(0.6)
+    assert metrics["prevalence_hypertension"] == pytest.approx(0.75)
     prevalence = pl.read_csv(out / "tables" / "prevalence.csv", infer_schema=False)
     assert set(prevalence["cases"]) <= {"<10"}  # every count of this small dataset is suppressed
     assert prevalence["prevalence"].null_count() == prevalence.height
@@ -458,9 +461,6 @@ def test_committed_notebook_is_clean() -> None:
         "meds_dir": "data/meds",
         "out_dir": "reports/data",
         "params_file": "params.yaml",
-        "age_bands": None,
-        "min_cell": None,
-        "reference_year": 0,
     }
 
 

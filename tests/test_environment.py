@@ -90,5 +90,5 @@ def test_bad_params_name_key_and_value(project):
     with pytest.raises(ParamsError, match=r"unknown key\(s\) \['hospital'\] in section 'synth'"):
         load_params(project / "params.yaml")
     (project / "params.yaml").write_text(text.replace("patients: 130000", "patients: many"))
-    with pytest.raises(ParamsError, match="synth.patients = 'many' must be of type int"):
+    with pytest.raises(ParamsError, match="synth.patients = 'many' must be an integer"):
         load_params(project / "params.yaml")

@@ -13,9 +13,10 @@ import torch
 from claimsutil import cohort as co
 from claimsutil import finetune as ft
 from claimsutil import metrics
+from claimsutil import splits as sp
 from claimsutil import tokenize as tok
 from claimsutil import train as tr
-from claimsutil.config import CohortParams, SynthParams
+from claimsutil.config import CohortParams, FinetuneConfig, SynthParams, build_section
 from claimsutil.model import ClaimsEncoder, EncoderClassifier, config_for
 from claimsutil.synth import generate
 
@@ -40,7 +41,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     meds = root / "meds"
     generate(SynthParams(patients=900, seed=5, block_size=300, shard_size=900, workers=1), meds,
              root / "meds_truth", progress=False)  # fmt: skip
-    splits = co.assign_splits(co.subject_hospitals(meds), CohortParams(held_out_hospitals=0))
+    splits = sp.build_splits(meds, CohortParams(held_out_hospitals=0))[0]
     pre_ids = splits.filter(pl.col("split").is_in(["train", "validation"]))["subject_id"].to_numpy()
     vocab = tok.build_vocabulary(meds, pre_ids, tok.TokenizeConfig())
     tok.build_store(meds, vocab, root / "tokens", tok.TokenizeConfig(max_len=ROW_LEN))
@@ -197,7 +198,7 @@ def test_more_budget_seeds_than_the_cohort_sampled_is_an_error(study):
 
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="finetune.max_epochs"):
-        ft.FinetuneConfig(max_epochs=0)
-    with pytest.raises(ValueError, match="test_negatives"):
-        ft.finetune_config({"test_negatives": "all"})
-    assert ft.finetune_config({"test_negatives": None}).test_negatives is None
+        FinetuneConfig(max_epochs=0)
+    with pytest.raises(ValueError, match=r"finetune.test_negatives = 'all' must be an integer or null"):
+        build_section(FinetuneConfig, "finetune", {"test_negatives": "all"})
+    assert build_section(FinetuneConfig, "finetune", {"test_negatives": None}).test_negatives is None

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from claimsutil import meds as cm
+from claimsutil.meds import cli
 
 MEDS_TYPES = {
     "subject_id": pa.int64(),
@@ -417,7 +418,9 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_clean_dataset_exits_0(tmp_path: Path) -> None:
     result = run_cli("validate", str(write_meds(tmp_path, clean_shards())))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines() == ["0 errors, 0 warnings in 2 shards (10 rows, 3 subjects)"]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "0 errors, 0 warnings in 2 shards (10 rows, 3 subjects)" and len(lines) == 2
+    assert lines[0].startswith("time checks: the data end on 2021-04-01 (inferred")
 
 
 def test_cli_warnings_only_exits_0(tmp_path: Path) -> None:
@@ -461,14 +464,15 @@ def test_cli_not_a_directory_exits_2(tmp_path: Path) -> None:
 )
 def test_cli_usage_errors_exit_2(capsys: pytest.CaptureFixture, args: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
-        cm.main(args)
+        cli.main(args)
     assert info.value.code == 2
     assert "usage:" in capsys.readouterr().err
 
 
 def test_cli_main_in_process(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert cm.main(["validate", str(write_meds(tmp_path, clean_shards())), "--max-examples", "0"]) == 0
-    assert capsys.readouterr().out.splitlines() == ["0 errors, 0 warnings in 2 shards (10 rows, 3 subjects)"]
+    assert cli.main(["validate", str(write_meds(tmp_path, clean_shards())), "--max-examples", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "0 errors, 0 warnings in 2 shards (10 rows, 3 subjects)" and len(lines) == 2
 
 
 # ---- import --------------------------------------------------------------------------------------
@@ -484,8 +488,9 @@ def test_import_copies_shards_and_metadata(tmp_path: Path) -> None:
     dst = tmp_path / "dst"
     (dst / "data").mkdir(parents=True)
     (dst / "data" / "stale.parquet").write_text("left over from an earlier run")
-    report = cm.import_dataset(src, dst)
-    assert report.ok and report.counts == {"missing_metadata": 1}
+    report, cleaned = cm.import_dataset(src, dst)
+    assert report.ok and report.counts == {"missing_metadata": 1, "other_file": 1} and cleaned is None
+    assert the_one(report, "other_file").file == "data/README.txt"
     assert files_under(dst) == [
         "data/nested/x.parquet",
         "data/shard-0.parquet",
@@ -494,23 +499,26 @@ def test_import_copies_shards_and_metadata(tmp_path: Path) -> None:
         cm.SPLITS_FILE,
     ]
     assert (dst / "data" / "shard-0.parquet").read_bytes() == (src / "data" / "shard-0.parquet").read_bytes()
-    assert cm.validate_dataset(dst) == report
+    assert cm.validate_dataset(dst).counts == {"missing_metadata": 1}  # only shards are imported
 
 
-def test_import_of_a_broken_dataset_raises_and_leaves_no_destination(tmp_path: Path) -> None:
+def test_import_of_a_broken_dataset_raises_and_leaves_the_previous_import(tmp_path: Path) -> None:
     rows = subject(1, ("2020-01-01", "ICD10/I10"))
     rows[2]["code"] = None
     src = write_meds(tmp_path / "src", {"data/0.parquet": rows})
-    dst = tmp_path / "dst"
-    (dst / "data").mkdir(parents=True)
+    dst = write_meds(tmp_path / "dst", clean_shards())  # what an earlier, good import left
+    before = {name: (dst / name).read_bytes() for name in files_under(dst)}
     with pytest.raises(cm.MEDSValidationError) as info:
         cm.import_dataset(src, dst)
     assert isinstance(info.value, ValueError)
     message = str(info.value)
     assert "data/0.parquet row 2, column code: value null" in message
     assert message.splitlines()[-1] == "1 errors, 0 warnings in 1 shards (3 rows, 1 subjects)"
-    assert not dst.exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["src"]
+    assert {name: (dst / name).read_bytes() for name in files_under(dst)} == before  # untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]  # no staging folder left behind
+    with pytest.raises(cm.MEDSValidationError):
+        cm.import_dataset(src, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("where", ["same", "inside", "parent"])
@@ -537,14 +545,15 @@ def test_generated_sample_is_valid_with_warnings(generated_meds: Path) -> None:
     assert report.ok, report.lines()
     assert report.counts["duplicate_rows"] > 0
     assert report.counts["code_not_in_metadata"] > 0  # its codes.parquet is empty
-    assert set(report.counts) <= {"duplicate_rows", "code_not_in_metadata"}
+    # That generator's timelines run past death and past the end of most data: warnings the study treats.
+    assert set(report.counts) <= {"duplicate_rows", "code_not_in_metadata", "after_death", "after_data_end"}
     assert report.n_subjects == 200
 
 
 @pytest.mark.parametrize("name", ["static_meds", "generated_meds"])
 def test_import_of_samples_validates_identically(request: pytest.FixtureRequest, tmp_path: Path, name: str) -> None:
     src = request.getfixturevalue(name)
-    report = cm.import_dataset(src, tmp_path / "copy")
+    report, _ = cm.import_dataset(src, tmp_path / "copy")
     copy = cm.validate_dataset(tmp_path / "copy")
     assert copy == report and copy.ok
     shards = [p.relative_to(src) for p in cm.shard_paths(src)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def tiny_study(tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProces
 
 def test_repro_builds_every_output(tiny_study):
     copy, _, first = tiny_study
-    stages = ("synthesize", "describe", "cohort", "tokenize", "baseline", *(f"pretrain@{s}" for s in SCALES),
+    stages = ("synthesize", "splits", "describe", "cohort", "tokenize", "baseline", *(f"pretrain@{s}" for s in SCALES),
               *(f"finetune@{s}" for s in SCALES), "scaling")  # fmt: skip
     for stage in stages:
         assert f"Running stage '{stage}'" in first.stdout
@@ -81,7 +82,8 @@ def test_repro_builds_every_output(tiny_study):
     table2 = pl.read_csv(copy / "reports" / "cohort" / "table2_cohorts.csv")
     assert table2["task"].to_list() == tasks
     cohort = json.loads((copy / "data" / "metrics" / "cohort.json").read_text())
-    assert set(cohort) == set(tasks) and all(0 < cohort[t]["oracle"]["auprc"]["point"] <= 1 for t in tasks)
+    assert set(cohort) == {*tasks, "data"} and all(0 < cohort[t]["oracle"]["auprc"]["point"] <= 1 for t in tasks)
+    assert cohort["data"]["data_end"] == "2025-01-01" and cohort["data"]["records_after_death"] == 0
     assert (copy / "reports" / "01_cohort.html").is_file()
     # Tokens: every patient in the store, the vocabulary from pretraining patients.
     store = TokenStore(copy / "data" / "tokens")
@@ -194,6 +196,56 @@ def test_changing_one_scale_reruns_only_that_scale_and_the_analysis(tiny_study):
         assert running == {"pretrain@m", "finetune@m", "scaling"}
     finally:
         params.write_text(original)
+
+
+def _status(copy: Path, env: dict) -> set[str]:
+    return set(json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], copy, env).stdout))
+
+
+def test_what_a_change_reruns(tiny_study):
+    """Adding a task reruns only what reads tasks; an execution knob reruns nothing; a module reruns the stages
+    that import it (shown by `dvc status`, which lists the stages whose own deps or params changed)."""
+    copy, env, _ = tiny_study
+    params, oracle, config = copy / "params.yaml", copy / "claimsutil/synth/oracle.py", copy / "claimsutil/config.py"
+    originals = {p: p.read_text() for p in (params, oracle, config)}
+    finetunes = {f"finetune@{s}" for s in SCALES}
+    before = _status(copy, env)  # what earlier tests left out of date (their changes are undone)
+    try:
+        params.write_text(originals[params].replace("tasks:\n", "tasks:\n  asthma:\n    outcome: [ICD10/J45]\n", 1))
+        assert _status(copy, env) - before == {"cohort", "baseline", "scaling", *finetunes}
+        params.write_text(originals[params].replace("  workers: 2                # execution", "  workers: 1  # execution"))
+        assert _status(copy, env) == before  # finetune.workers never changes a result
+        params.write_text(originals[params])
+        oracle.write_text(originals[oracle] + "\n# a change\n")
+        assert _status(copy, env) - before == {"cohort"}  # its descendants follow when data/cohort changes
+        oracle.write_text(originals[oracle])
+        config.write_text(originals[config] + "\n# a change\n")
+        stages = yaml.safe_load((copy / "dvc.lock").read_text())["stages"]
+        assert _status(copy, env) == set(stages)  # every stage reads params through config.py
+    finally:
+        for path, text in originals.items():
+            path.write_text(text)
+    assert _status(copy, env) == before
+
+
+def test_reports_never_show_small_counts(tiny_study):
+    """Every table the study writes under reports/ applies the small-cell rule: no count of 1 to 9 in a
+    column that counts patients, events or cases."""
+    copy, _, _ = tiny_study
+    not_counts = re.compile(r"^(budget|seed|scale|layers|width|heads|ffn|epochs?|best_epoch|runs|codes|shards|steps|"
+                            r"year|reference_year|age_band|min_cell|k|rank|id|horizon_days|min_prior_days|covered_months|"
+                            r"world_size|tokens_per_step|parameters.*|.*_days|.*_s|.*_share|.*_rate|.*auprc.*|.*auroc.*|"
+                            r".*brier.*|.*loss.*|prevalence|incidence|.*_hours|.*flops.*|n_hospitals|vocabulary|tokens|"
+                            r"mean|median|p95|removed_share|pairs_lost)$")  # fmt: skip
+    offenders = []
+    for path in sorted((copy / "reports").rglob("*.csv")):
+        table = pl.read_csv(path, infer_schema_length=None)
+        for column, dtype in table.schema.items():
+            if dtype.is_integer() and not not_counts.match(column):
+                small = table.filter((pl.col(column) > 0) & (pl.col(column) < 10))
+                if small.height:
+                    offenders.append(f"{path.relative_to(copy)}: {column} = {small[column][0]}")
+    assert not offenders, offenders
 
 
 def test_user_meds_source_goes_through_the_same_path(tiny_study, tmp_path):

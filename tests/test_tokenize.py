@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from claimsutil import cohort as co
+from claimsutil import splits as sp
 from claimsutil import tokenize as tok
 from claimsutil.config import CohortParams, SynthParams
 from claimsutil.meds import shard_paths
@@ -99,7 +99,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pl.DataFrame]
     out = tmp_path_factory.mktemp("synth") / "meds"
     params = SynthParams(patients=2000, seed=1, block_size=500, shard_size=1000, workers=1)
     generate(params, out, out.with_name("meds_truth"), progress=False)
-    splits = co.assign_splits(co.subject_hospitals(out), CohortParams())
+    splits = sp.build_splits(out, CohortParams())[0]
     return out, splits
 
 
@@ -264,7 +264,7 @@ def test_repeats_policies_on_synthetic_data(synth) -> None:
     assert first["tokens"] < 0.5 * keep["tokens"] and first["removed_share"] > 0.5
     assert first["median"] < keep["median"] and first["p95"] < keep["p95"]
     assert tok.TokenizeConfig().repeats == "first_per_episode"
-    assert len(tok.shard_paths(root)) == 2
+    assert len(shard_paths(root)) == 2
     one = tok.compare_repeats(root, max_shards=1)
     assert 0.3 * keep["tokens"] < one["keep"]["tokens"] < 0.7 * keep["tokens"]  # only the first of two shards
     assert one["first_per_episode"]["removed_share"] == pytest.approx(first["removed_share"], abs=0.05)
@@ -354,7 +354,7 @@ def test_other_meds_datasets(fixture: str, repeats: str, request: pytest.Fixture
     stats = tok.build_store(root, vocab, tmp_path / "tokens", config)
     store = tok.TokenStore(tmp_path / "tokens")
     assert store.subjects.tolist() == subjects.tolist()
-    assert stats.records == meds.height
+    assert stats.records + sum(stats.records_left_out.values()) == meds.height
     assert stats.tokens == stats.records - sum(stats.excluded_records.values()) - stats.repeats_removed + len(store)
     assert np.all(np.asarray(store.tokens)[store.offsets[:-1]] == tok.CLS)
     assert np.all((np.asarray(store.tokens) >= 0) & (np.asarray(store.tokens) < len(vocab)))

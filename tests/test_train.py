@@ -16,12 +16,14 @@ import polars as pl
 import pytest
 import torch
 
-from claimsutil import cohort as co
+from claimsutil import splits as sp
 from claimsutil import tokenize as tok
 from claimsutil import train as tr
+from claimsutil.batching import PackedRows
 from claimsutil.config import CohortParams, SynthParams
 from claimsutil.model import PAD_ID, config_for
 from claimsutil.synth import generate
+from claimsutil.train.__main__ import main as train_cli
 
 ROW_LEN = 128
 CONFIG = tr.PretrainConfig(
@@ -45,7 +47,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("train") / "meds"
     generate(SynthParams(patients=600, seed=1, block_size=300, shard_size=600, workers=1), out,
              out.with_name("meds_truth"), progress=False)  # fmt: skip
-    splits = co.assign_splits(co.subject_hospitals(out), CohortParams())
+    splits = sp.build_splits(out, CohortParams())[0]
     splits_path = out.with_name("splits.parquet")
     splits.write_parquet(splits_path)
     ids = splits.filter(pl.col("split").is_in(["train", "validation"]))["subject_id"].to_numpy()
@@ -70,7 +72,7 @@ def run(store: dict, out: Path, config: tr.PretrainConfig = CONFIG, **kwargs) ->
 def test_packing_whole_patients_once_per_epoch_little_padding(store):
     s = tok.TokenStore(store["dir"])
     idx = np.searchsorted(s.subjects, np.sort(store["train"]))
-    stream = tr.PackedRows(s, idx, ROW_LEN, seed=0)
+    stream = PackedRows(s, idx, ROW_LEN, seed=0)
     for epoch in (0, 1):
         rows = stream.epoch_rows(epoch)
         placed = np.concatenate([np.asarray(r) for r in rows])
@@ -79,7 +81,7 @@ def test_packing_whole_patients_once_per_epoch_little_padding(store):
         assert fill.max() <= ROW_LEN
         assert 1 - fill.sum() / (len(rows) * ROW_LEN) < 0.10  # padding fraction
     assert stream.epoch_rows(0) != stream.epoch_rows(1)  # a new permutation each epoch...
-    assert stream.epoch_rows(0) == tr.PackedRows(s, idx, ROW_LEN, seed=0).epoch_rows(0)  # ...fixed by the seed
+    assert stream.epoch_rows(0) == PackedRows(s, idx, ROW_LEN, seed=0).epoch_rows(0)  # ...fixed by the seed
 
     rows = stream.epoch_rows(0)[:6]
     b = stream.tensors(rows)
@@ -174,7 +176,8 @@ def test_ddp_two_processes_match_one(store, tmp_path):
             "--max-len", str(ROW_LEN), "--max-steps", "4", "--warmup-steps", "2", "--tokens-per-step", "2048",
             "--micro-tokens", "512", "--lr", "3e-3", "--eval-every", "2", "--eval-tokens", "1024",
             "--num-threads", "1", "--seed", "5", "--device", "cpu", "--no-progress"]  # fmt: skip
-    single = tr.main([*args, "--out", str(tmp_path / "one")])
+    assert train_cli([*args, "--out", str(tmp_path / "one")]) == 0
+    single = json.loads((tmp_path / "one" / "metrics.json").read_text())
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [
         sys.executable,

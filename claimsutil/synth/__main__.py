@@ -4,7 +4,9 @@
     python -m claimsutil.synth --params params.yaml --out data/meds --metrics data/metrics/synthesize.json
 
 With --params, the `synth` section of params.yaml sets every knob (flags given on the command line win),
-and `data.source` decides: "synthetic" generates, a directory path validates and imports that MEDS dataset.
+and `data.source` decides: "synthetic" generates, a directory path validates and imports that MEDS dataset
+(`data.on_invalid`: stop on errors, or import a cleaned copy when every error is repairable).
+Exit codes: 0 written, 1 the user's dataset has errors, 2 a params or usage error.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 
-from claimsutil.config import ParamsError, SynthParams, load_params, root_path
+from claimsutil.config import DataParams, ParamsError, SynthParams, build_section, load_params, root_path
+from claimsutil.meds import MEDSValidationError, import_dataset
 from claimsutil.synth import generate
 
 
@@ -45,12 +49,16 @@ def main(argv: list[str] | None = None) -> int:
             value = getattr(args, field.name)
             if value is not None:
                 base[field.name] = tuple(value) if field.name.startswith("truth_") else value
-        params = SynthParams(**base)
+        params = build_section(SynthParams, "synth", base)
     except ParamsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if study is not None and not study.data.is_synthetic:
-        summary = _import_user_data(study.data.source, out, truth)
+        try:
+            summary = _import_user_data(study.data, out, truth)
+        except (MEDSValidationError, FileNotFoundError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
     else:
         stats = generate(params, out, truth, progress=not args.no_progress)
         summary = {
@@ -68,27 +76,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _import_user_data(source: str, out: Path, truth: Path) -> dict:
-    """A user's own MEDS dataset: validated, then copied in as data/meds. There is no ground truth."""
-    from claimsutil.meds import import_dataset
-
-    src = Path(source)
+def _import_user_data(data: DataParams, out: Path, truth: Path) -> dict:
+    """A user's own MEDS dataset: validated, then copied in as data/meds (a cleaned copy when
+    data.on_invalid is "clean" and every error is repairable). There is no ground truth."""
+    src = Path(data.source)
     src = src if src.is_absolute() else root_path(src)
-    report = import_dataset(src, out)
-    truth.mkdir(parents=True, exist_ok=True)
+    report, cleaned = import_dataset(src, out, on_invalid=data.on_invalid, end=data.end_date,
+                                     tail_share=data.end_tail_share)  # fmt: skip
+    if truth.exists():
+        shutil.rmtree(truth)
+    truth.mkdir(parents=True)
     (truth / "generator.json").write_text(
-        json.dumps({"source": str(source), "note": "user data: no ground truth, no oracle ceiling"}, indent=2) + "\n"
+        json.dumps({"source": str(data.source), "note": "user data: no ground truth, no oracle ceiling"}, indent=2)
+        + "\n"
     )
-    print(f"imported {report.n_rows:,} events of {report.n_subjects:,} subjects from {source} "
-          f"({len(report.warnings)} warning(s))")  # fmt: skip
-    return {
-        "source": str(source),
+    for line in report.lines()[:-1] if report.n_warnings else []:
+        print(line)
+    if cleaned is not None:
+        print("\n".join(["cleaned before import (data.on_invalid: clean):", *cleaned.lines()]))
+    print(f"imported {report.n_rows:,} events of {report.n_subjects:,} subjects from {data.source} "
+          f"({report.n_warnings} warning(s))")  # fmt: skip
+    summary = {
+        "source": str(data.source),
         "patients": report.n_subjects,
         "events": report.n_rows,
         "events_per_patient": round(report.n_rows / max(report.n_subjects, 1), 2),
         "shards": report.n_shards,
-        "validation_warnings": {k: v for k, v in report.counts.items() if v},
+        "data_end": report.window.end.date().isoformat() if report.window else None,
+        "validation_warnings": {k: v for k, v in sorted(report.counts.items()) if v},
     }
+    if cleaned is not None:
+        summary["cleaned_rows"] = cleaned.totals()
+    return summary
 
 
 if __name__ == "__main__":

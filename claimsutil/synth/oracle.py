@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from claimsutil.config import SynthParams
+from claimsutil.config import CohortParams, SynthParams
+from claimsutil.metrics import evaluate, predictions_frame, write_predictions
 from claimsutil.synth.simulate import AcuteArrays, BlockSimulator, ConditionArrays, Replay, unpack_bits
 from claimsutil.synth.world import World, seed_sequence
 
@@ -128,3 +129,33 @@ def outcome_probabilities(
         parts.append(group.select("subject_id").with_columns(probability=hit.reshape(-1, replicates).mean(axis=1)))
     probs = pl.concat(parts) if parts else pl.DataFrame(schema={"subject_id": pl.Int64, "probability": pl.Float64})
     return labels.select("subject_id", "prediction_time").join(probs, on="subject_id", how="left")
+
+
+def task_predictions(truth_dir: str | Path, cohorts: dict, splits: pl.DataFrame, replicates: int, seed: int) -> dict:
+    """Test-split predictions of the oracle for every task of COHORTS (`claimsutil.cohort.TaskCohort` by
+    name); {} when there is no ground truth (user data)."""
+    if not (Path(truth_dir) / "hazards").is_dir():
+        return {}
+    out = {}
+    for name, c in cohorts.items():
+        test = c.labels.join(splits.filter(pl.col("split") == "test"), on="subject_id")
+        probs = outcome_probabilities(
+            truth_dir, test, c.spec.outcome, c.spec.horizon_days, c.spec.suspected == "include", replicates, seed
+        )
+        joined = test.join(probs.select("subject_id", "probability"), on="subject_id")
+        out[name] = predictions_frame(
+            joined["subject_id"], joined["prediction_time"], joined["boolean_value"], joined["probability"]
+        )
+    return out
+
+
+def score_tasks(truth_dir: str | Path, cohorts: dict, splits: pl.DataFrame, params: CohortParams,
+                 out_dir: str | Path) -> dict[str, dict]:  # fmt: skip
+    """The oracle's test predictions of every task, written to OUT_DIR/<task>.parquet, and their metrics
+    (`metrics.evaluate`, params.n_resamples); {} without ground truth (user data)."""
+    predictions = task_predictions(truth_dir, cohorts, splits, params.oracle_replicates, params.seed)
+    out = {}
+    for name, frame in predictions.items():
+        write_predictions(frame, Path(out_dir) / f"{name}.parquet")
+        out[name] = evaluate(frame, n_resamples=params.n_resamples, seed=params.seed)
+    return out

@@ -1,0 +1,7 @@
+"""`python -m claimsutil.meds validate|clean ...`: see `claimsutil.meds.cli`."""
+
+import sys
+
+from claimsutil.meds.cli import main
+
+sys.exit(main())

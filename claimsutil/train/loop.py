@@ -1,0 +1,485 @@
+"""Masked-code pretraining of the encoder, in one process or many (torchrun), from one entry point.
+
+    metrics = pretrain("data/tokens", train_ids, model_config, PretrainConfig(), "data/models/xs", val_ids)
+    torchrun --nproc_per_node=2 -m claimsutil.train --store data/tokens --splits splits.parquet --out DIR ...
+
+The loop lives here; `claimsutil.train.launch` starts it under torchrun and decides whether an existing
+checkpoint may be resumed; `python -m claimsutil.train` is the command line torchrun runs.
+
+Batches. Whole patient sequences (cut to max_len, most recent events kept) are packed into rows of
+row_len = model max_len tokens (`claimsutil.batching`), over an epoch-seeded permutation of the pretraining
+patients. A step takes the next rows until they hold at least tokens_per_step real
+tokens; an epoch that runs out continues with the next epoch's rows. Each rank takes a contiguous, disjoint
+shard of the step's rows and splits it into micro-batches of micro_tokens // row_len rows.
+
+Masks. Drawn for the whole step from a generator seeded by (seed, step), the same on every rank and for any
+world size, so a 2-process run sees exactly the masks of a 1-process run (the rank only picks the shard).
+
+Loss. The step's loss is the mean over ALL masked positions of the step (per family, then weighted as in the
+model): each micro-batch's family mean is re-weighted by its share of the step's masked codes, and each rank's
+loss is multiplied by world_size because DDP averages gradients. So the gradient is the same whatever the
+micro-batching or the number of processes, up to the order of floating-point sums.
+
+Patients without an age (no MEDS_BIRTH: NaN ages) train like the others: the model gives an unknown age no
+embedding and no age target. They are counted in the metrics (patients_without_age).
+
+Reproducibility. The model is initialised from torch.manual_seed(seed); the data position, the optimizer,
+the step (the schedule is a function of it), the RNG states and the loss history are checkpointed, so a
+resumed run ends with bit-identical weights and losses on CPU (same threads).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from claimsutil import tokenize as tok
+from claimsutil.batching import PackedRows, epoch_order, pack_rows
+from claimsutil.config import PretrainConfig, execution_fields
+from claimsutil.model import ClaimsEncoder, ModelConfig, masking
+
+__all__ = [
+    "FAMILIES",
+    "PretrainConfig",
+    "RunState",
+    "evaluate",
+    "learning_rate",
+    "load_pretrained",
+    "make_optimizer",
+    "pretrain",
+    "result_config",
+    "train_step",
+    "validation_batches",
+]
+
+FAMILIES = ("diagnosis", "drug", "age")  # the three pretraining losses
+
+
+def result_config(config: PretrainConfig) -> dict[str, Any]:
+    """CONFIG without its execution fields (device): what a checkpoint must match to be resumed."""
+    skip = execution_fields(PretrainConfig)
+    return {k: v for k, v in asdict(config).items() if k not in skip}
+
+
+def learning_rate(step: int, config: PretrainConfig) -> float:
+    """LR of optimizer step STEP (0-based): linear warm-up to lr, then cosine down to min_lr at max_steps - 1."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, config.max_steps - 1 - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    return config.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+
+
+# ----------------------------------------------------------------------------------------- the model
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The mask generator of STEP: fixed by (seed, step), the same on every rank."""
+    state = np.random.SeedSequence([seed, step]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def make_optimizer(model: ClaimsEncoder, config: PretrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on the Linear weights of the blocks and heads only."""
+    no_decay_modules = ("wte.", "wpe.", "wve.", "age_encoding.")  # embeddings (the age encoding is a lookup)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.dim() >= 2 and not name.startswith(no_decay_modules):
+            decay.append(p)
+        else:
+            no_decay.append(p)  # biases, LayerNorm weights, embeddings
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate(0, config), betas=config.betas, foreach=False)
+
+
+def autocast_for(device: torch.device, bf16: bool):
+    if not bf16:
+        return nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def masked_step_losses(model, batch: dict[str, torch.Tensor], corrupted, positions, targets, totals, device):
+    """The micro-batch's share of the step loss: each family mean times its share of the step's masked codes.
+    Returns (weighted total, {family: share}) as tensors."""
+    out = model(
+        corrupted.to(device),
+        batch["ages"].to(device),
+        batch["visits"].to(device),
+        batch["segments"].to(device),
+        mlm_positions=positions.to(device),
+        targets=targets.clamp(min=0).to(device),
+    )
+    cfg = model.module.config if hasattr(model, "module") else model.config
+    weights = {"diagnosis": cfg.weight_diagnosis, "drug": cfg.weight_drug, "age": cfg.weight_age}
+    shares = {f: out[f"loss_{f}"] * out[f"n_{f}"] / max(totals[f], 1) for f in FAMILIES}
+    return sum(weights[f] * shares[f] for f in FAMILIES), shares
+
+
+def family_counts(model_family: torch.Tensor, targets: torch.Tensor, positions: torch.Tensor) -> dict[str, int]:
+    fam = model_family[targets[positions]]
+    return {"diagnosis": int((fam == 1).sum()), "drug": int((fam == 2).sum()), "age": int(positions.sum())}
+
+
+@torch.no_grad()
+def evaluate(model: ClaimsEncoder, batches: list[dict[str, torch.Tensor]], device, bf16: bool) -> dict[str, float]:
+    """Validation loss per family (mean over all masked codes of the sample) and the weighted total."""
+    model.eval()
+    sums = dict.fromkeys(FAMILIES, 0.0)
+    counts = dict.fromkeys(FAMILIES, 0)
+    for b in batches:
+        with autocast_for(device, bf16):
+            out = model(
+                b["corrupted"].to(device),
+                b["ages"].to(device),
+                b["visits"].to(device),
+                b["segments"].to(device),
+                mlm_positions=b["positions"].to(device),
+                targets=b["targets"].clamp(min=0).to(device),
+            )
+        for f in FAMILIES:
+            sums[f] += float(out[f"loss_{f}"]) * int(out[f"n_{f}"])
+            counts[f] += int(out[f"n_{f}"])
+    model.train()
+    losses = {f: sums[f] / max(counts[f], 1) for f in FAMILIES}
+    cfg = model.config
+    losses["total"] = (
+        cfg.weight_diagnosis * losses["diagnosis"] + cfg.weight_drug * losses["drug"] + cfg.weight_age * losses["age"]
+    )
+    return losses
+
+
+def validation_batches(
+    store: tok.TokenStore, indices: np.ndarray, model: ClaimsEncoder, row_len: int, config: PretrainConfig
+) -> list[dict[str, torch.Tensor]]:
+    """A fixed validation sample: seeded patients up to eval_tokens real tokens, packed, masked once."""
+    stream = PackedRows(store, indices, row_len, config.seed)
+    order = epoch_order(len(indices), config.seed, -1 % 2**32)
+    take = np.cumsum(stream.lengths[order]) <= config.eval_tokens
+    take[0] = True
+    rows = pack_rows(stream.lengths, order[take], row_len)
+    micro_rows = max(1, config.micro_tokens // row_len)
+    gen = step_generator(config.seed, -1 % 2**32)
+    batches = []
+    for i in range(0, len(rows), micro_rows):
+        b = stream.tensors(rows[i : i + micro_rows])
+        b["corrupted"], b["positions"], b["targets"] = masking(b["tokens"], model.family, config.mask_rate, gen)
+        batches.append(b)
+    return batches
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class RunState:
+    """Everything a checkpoint restores besides the weights, the optimizer and the RNG."""
+
+    step: int = 0  # optimizer steps done
+    position: tuple[int, int] = (0, 0)  # (epoch, row) of the next row in the packed stream
+    history: list[dict[str, float]] = field(default_factory=list)  # one record per step (losses, lr)
+    wall: float = 0.0  # seconds of training before this process started
+    counters: dict[str, int] = field(default_factory=lambda: {"tokens": 0, "processed": 0, "pad": 0})
+
+
+@dataclass(frozen=True)
+class Run:
+    """One process's view of a run: what it trains, where it writes, and its place among the processes."""
+
+    model_config: ModelConfig
+    config: PretrainConfig
+    out_dir: Path
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+
+def _setup_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
+    """(rank, world_size, device, whether we started the process group). "auto": one GPU per local process
+    when there are enough, else the CPU (gloo)."""
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    if device_name == "auto":
+        enough = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
+        device_name = "cuda" if enough else "cpu"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    started = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device_name == "cuda" else "gloo")
+        started = True
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if device_name == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local), started
+    return rank, world, torch.device("cpu"), started
+
+
+def _store_indices(store: tok.TokenStore, ids) -> np.ndarray:
+    ids = np.asarray(ids, dtype=np.int64)
+    idx = np.searchsorted(store.subjects, ids)
+    ok = idx < store.subjects.size
+    ok[ok] = store.subjects[idx[ok]] == ids[ok]
+    if not ok.all():
+        raise KeyError(f"{int((~ok).sum())} id(s) are not in the token store {store.directory} (e.g. {ids[~ok][0]})")
+    return np.sort(idx)
+
+
+def patients_without_age(store: tok.TokenStore) -> np.ndarray:
+    """Store indices of patients with a NaN age (no MEDS_BIRTH): the age embedding and regression need one."""
+    nan_at = np.flatnonzero(np.isnan(np.asarray(store.ages)))
+    return np.unique(np.searchsorted(store.offsets, nan_at, side="right") - 1)
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _split_even(n: int, parts: int) -> list[range]:
+    bounds = np.linspace(0, n, parts + 1).round().astype(int) if n else np.zeros(parts + 1, dtype=int)
+    return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def train_step(run: Run, model: ClaimsEncoder, ddp, stream: PackedRows, rows: list[list[int]], state: RunState):
+    """One optimizer step's forward/backward over this rank's micro-batches (gradients accumulated, no
+    optimizer step); counts tokens into STATE.counters and returns the step's losses."""
+    config, world, rank, counters = run.config, run.world, run.rank, state.counters
+    base = ddp if ddp is not None else model
+    full = stream.tensors(rows)
+    corrupted, positions, targets = masking(
+        full["tokens"], model.family, config.mask_rate, step_generator(config.seed, state.step)
+    )
+    totals = family_counts(model.family, targets.clamp(min=0), positions)
+    micro_rows = max(1, config.micro_tokens // stream.row_len)
+    shards = _split_even(len(rows), world)
+    n_micro = max(1, math.ceil(max(len(s) for s in shards) / micro_rows))
+    mine = shards[rank]
+    logged = torch.zeros(len(FAMILIES) + 1, dtype=torch.float64)
+    for k, part in enumerate(_split_even(len(mine), n_micro)):
+        sel = torch.tensor([mine.start + i for i in part], dtype=torch.long)
+        if len(sel) == 0:  # an idle slot: one padding row keeps DDP's collective calls in step across ranks
+            batch = {key: torch.zeros((1, stream.row_len), dtype=v.dtype) for key, v in full.items()}
+            c, p, t = batch["tokens"], torch.zeros((1, stream.row_len), dtype=torch.bool), batch["tokens"]
+            counters["pad"] += stream.row_len
+            counters["processed"] += stream.row_len
+        else:
+            batch = {key: v[sel] for key, v in full.items()}
+            c, p, t = corrupted[sel], positions[sel], targets[sel]
+        sync = k == n_micro - 1 or ddp is None
+        with nullcontext() if sync else ddp.no_sync():  # only the last micro-batch all-reduces gradients
+            with autocast_for(run.device, config.bf16):
+                loss, shares = masked_step_losses(base, batch, c, p, t, totals, run.device)
+            (loss * world).backward()  # x world: DDP averages over ranks, the step loss is a global mean
+        logged += torch.tensor(
+            [float(loss.detach())] + [float(shares[f].detach()) for f in FAMILIES], dtype=torch.float64
+        )
+    for r in mine:
+        real = int(stream.lengths[rows[r]].sum())
+        counters["pad"] += stream.row_len - real
+        counters["processed"] += stream.row_len
+    if world > 1:
+        dist.all_reduce(logged)
+    counters["tokens"] += int(sum(int(stream.lengths[row].sum()) for row in rows))
+    return {"train_loss": float(logged[0])} | {f"train_loss_{f}": float(logged[i + 1]) for i, f in enumerate(FAMILIES)}
+
+
+def pretrain(
+    store_dir: str | Path,
+    pretrain_ids,
+    model_config: ModelConfig,
+    config: PretrainConfig,
+    out_dir: str | Path,
+    val_ids=None,
+    resume: bool = True,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Pretrain a ClaimsEncoder on the store's PRETRAIN_IDS (subject ids); see the module docstring.
+
+    Writes OUT_DIR/checkpoint.pt, model.pt, metrics.json and loss_curve.csv (rank 0 only) and returns the
+    metrics. STOP_AFTER: stop (with a checkpoint) after that many steps, as an interruption would; the
+    schedule still follows max_steps and no final files are written."""
+    rank, world, device, started = _setup_distributed(config.device)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads)
+    run = Run(model_config, config, Path(out_dir), rank, world, device)
+    try:
+        return _pretrain(run, store_dir, pretrain_ids, val_ids, resume=resume, progress=progress, stop_after=stop_after)
+    finally:
+        torch.set_num_threads(threads_before)
+        if started:
+            dist.destroy_process_group()
+
+
+def _resume(run: Run, model: ClaimsEncoder, optimizer) -> RunState:
+    """The state of RUN's checkpoint, loaded into MODEL and OPTIMIZER (a fresh state when there is none)."""
+    if not run.checkpoint_path.is_file():
+        return RunState()
+    ckpt = torch.load(run.checkpoint_path, map_location=run.device, weights_only=False)
+    if ckpt["model_config"] != asdict(run.model_config) or ckpt["pretrain_config"] != result_config(run.config):
+        raise ValueError(f"{run.checkpoint_path} was written with another model or pretraining config")
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    counters = dict(ckpt["counters"][run.rank]) if run.world == ckpt["world_size"] else ckpt["counters"][0]
+    torch.set_rng_state(ckpt["rng_cpu"].cpu())
+    if run.device.type == "cuda" and ckpt.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(ckpt["rng_cuda"].cpu())
+    return RunState(ckpt["step"], tuple(ckpt["position"]), ckpt["history"], ckpt["wall"], counters)
+
+
+def _pretrain(run: Run, store_dir, pretrain_ids, val_ids, *, resume: bool, progress: bool, stop_after) -> dict:
+    config = run.config
+    store = tok.TokenStore(store_dir)
+    family = torch.as_tensor(store.vocab.family_ids, dtype=torch.long)
+    if run.model_config.vocab_size != len(family):
+        raise ValueError(f"model vocab_size {run.model_config.vocab_size} != {len(family)} tokens in {store_dir}")
+    train_idx = _store_indices(store, pretrain_ids)
+    val_idx = _store_indices(store, val_ids) if val_ids is not None and len(val_ids) else None
+    if val_idx is not None and np.intersect1d(train_idx, val_idx).size:
+        raise ValueError("validation patients overlap the pretraining patients")
+    # Counted, not dropped: the model ignores unknown (NaN) ages.
+    no_age = patients_without_age(store)
+    without_age = int(np.isin(train_idx, no_age).sum()) + (
+        int(np.isin(val_idx, no_age).sum()) if val_idx is not None else 0
+    )
+    row_len = run.model_config.max_len
+    torch.manual_seed(config.seed)
+    model = ClaimsEncoder(run.model_config, family).to(run.device)
+    optimizer = make_optimizer(model, config)
+    stream = PackedRows(store, train_idx, row_len, config.seed)
+    val_batches = validation_batches(store, val_idx, model, row_len, config) if val_idx is not None else []
+    state = _resume(run, model, optimizer) if resume else RunState()
+    ddp = None
+    if run.world > 1:
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if run.rank == 0:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+    model.train()
+    bar = tqdm(total=config.max_steps, initial=state.step, desc="pretrain", unit="step",
+               disable=not progress or run.rank != 0)  # fmt: skip
+    end = config.max_steps if stop_after is None else min(config.max_steps, stop_after)
+    t0, tokens0, resumed_from = time.perf_counter(), state.counters["tokens"], state.step
+    while state.step < end:
+        lr = learning_rate(state.step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        rows, next_position = stream.next_step(state.position, config.tokens_per_step)
+        optimizer.zero_grad(set_to_none=True)
+        losses = train_step(run, model, ddp, stream, rows, state)
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        state.step, state.position = state.step + 1, next_position
+        record = {"step": state.step, "lr": lr} | losses
+        due = state.step % config.eval_every == 0 or state.step == config.max_steps
+        if val_batches and run.rank == 0 and due:
+            record |= {f"val_loss_{k}": v for k, v in evaluate(model, val_batches, run.device, config.bf16).items()}
+        state.history.append(record)
+        elapsed = time.perf_counter() - t0
+        bar.update(1)
+        tokens_per_s = (state.counters["tokens"] - tokens0) / max(elapsed, 1e-9)
+        bar.set_postfix(loss=f"{losses['train_loss']:.3f}", tok_s=f"{tokens_per_s:.0f}")
+        if state.step % config.checkpoint_every == 0 or state.step == end:
+            _checkpoint(run, model, optimizer, state, elapsed)
+    bar.close()
+    state.wall += time.perf_counter() - t0
+    if state.step < config.max_steps:
+        return {"steps": state.step, "stopped": True}
+    metrics = _metrics(run, model, state, row_len)
+    metrics["patients_pretrain"], metrics["patients_without_age"] = len(train_idx), without_age
+    metrics["resumed_from_step"] = resumed_from
+    if run.rank == 0:
+        _write_outputs(run, model, state.history, metrics)
+    if run.world > 1:
+        dist.barrier()
+    return metrics
+
+
+def _checkpoint(run: Run, model: ClaimsEncoder, optimizer, state: RunState, elapsed: float) -> None:
+    all_counters = [state.counters]
+    if run.world > 1:
+        all_counters = [None] * run.world
+        dist.all_gather_object(all_counters, state.counters)
+    if run.rank == 0:
+        ckpt = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": state.step,
+            "position": state.position,
+            "history": state.history,
+            "wall": state.wall + elapsed,
+            "counters": all_counters,
+            "world_size": run.world,
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state() if run.device.type == "cuda" else None,
+            "model_config": asdict(run.model_config),
+            "pretrain_config": result_config(run.config),
+        }
+        _save_atomic(ckpt, run.checkpoint_path)
+    if run.world > 1:
+        dist.barrier()
+
+
+def _metrics(run: Run, model: ClaimsEncoder, state: RunState, row_len: int) -> dict[str, Any]:
+    totals = dict(state.counters)
+    if run.world > 1:  # pad and processed are per rank; tokens are counted for the whole step on every rank
+        t = torch.tensor([totals["pad"], totals["processed"]], dtype=torch.float64)
+        dist.all_reduce(t)
+        totals["pad"], totals["processed"] = int(t[0]), int(t[1])
+    last_val = next((h for h in reversed(state.history) if "val_loss_total" in h), {})
+    return {
+        "parameters": model.get_num_params(non_embedding=False),
+        "parameters_non_embedding": model.get_num_params(non_embedding=True),
+        "tokens_seen": totals["tokens"],
+        "tokens_processed": totals["processed"],
+        "padding_fraction": totals["pad"] / max(totals["processed"], 1),
+        "training_flops": model.flops_per_token(row_len) * totals["tokens"],
+        "wall_time_s": state.wall,
+        "tokens_per_s": totals["tokens"] / max(state.wall, 1e-9),
+        "steps": state.step,
+        "tokens_per_step": run.config.tokens_per_step,
+        "world_size": run.world,
+        "final_train_loss": state.history[-1]["train_loss"] if state.history else None,
+        "final_val_loss": {f: last_val.get(f"val_loss_{f}") for f in (*FAMILIES, "total")},
+    }
+
+
+def _write_outputs(run: Run, model: ClaimsEncoder, history: list[dict], metrics: dict) -> None:
+    model_obj = {"model": model.state_dict(), "model_config": asdict(run.model_config),
+                 "pretrain_config": result_config(run.config)}  # fmt: skip
+    _save_atomic(model_obj, run.out_dir / "model.pt")
+    (run.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    columns = ["step", "lr", "train_loss"] + [f"val_loss_{f}" for f in (*FAMILIES, "total")]
+    with open(run.out_dir / "loss_curve.csv", "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> ClaimsEncoder:
+    """The ClaimsEncoder saved as model.pt by `pretrain`."""
+    obj = torch.load(path, map_location=map_location, weights_only=False)
+    state = obj["model"]
+    model = ClaimsEncoder(ModelConfig(**obj["model_config"]), state["family"].cpu())
+    model.load_state_dict(state)
+    return model
