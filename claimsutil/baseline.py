@@ -26,7 +26,8 @@ import polars as pl
 import scipy.sparse as sp
 from sklearn.metrics import average_precision_score
 
-from claimsutil.config import BaselineConfig
+from claimsutil import metrics
+from claimsutil.config import BaselineConfig, EvaluationParams
 
 __all__ = [
     "BaselineConfig",
@@ -185,10 +186,13 @@ def _rows(labels: pl.DataFrame, X: sp.csr_matrix, ids) -> tuple[sp.csr_matrix, n
     return X[idx], subset["boolean_value"].to_numpy().astype(np.int8), subset
 
 
-def run_task(meds_root, cohort_dir, task: str, features_cfg, config: BaselineConfig, out_dir) -> dict:
-    """Fit the baseline for every label budget and seed of TASK (and the full training set), predict the
-    test patients, write the predictions, and return {budget: evaluate(...)} plus the feature statistics."""
-    from claimsutil import cohort, features, metrics
+def run_task(meds_root, cohort_dir, task: str, features_cfg, config: BaselineConfig, out_dir,
+             evaluation: EvaluationParams) -> dict:  # fmt: skip
+    """Fit the baseline for every label budget and seed of TASK (and the full training set), early-stopping on
+    the cohort's validation sample, predict the whole test split and write the predictions. Returns
+    {"results": {budget: evaluate_mean on the evaluation sample}, "whole_test_split": {budget: the same on every
+    test patient, the sample's check}, "features": the feature statistics}."""
+    from claimsutil import cohort, features
     from claimsutil.meds import open_events
 
     meds_root = open_events(meds_root)  # one window for both passes
@@ -197,8 +201,9 @@ def run_task(meds_root, cohort_dir, task: str, features_cfg, config: BaselineCon
     vocab = features.fit_vocabulary(meds_root, label_cols.filter(labels["split"] == "train"), features_cfg)
     X, stats = features.count_features_with_stats(meds_root, label_cols, vocab)
     split_ids = {s: labels.filter(pl.col("split") == s)["subject_id"] for s in ("train", "validation", "test")}
-    X_val, y_val, _ = _rows(label_cols, X, split_ids["validation"])
+    X_val, y_val, _ = _rows(label_cols, X, cohort.read_sample(cohort_dir, task, "validation")["subject_id"])
     X_test, _, test = _rows(label_cols, X, split_ids["test"])
+    sample = cohort.read_sample(cohort_dir, task, "evaluation")
     budgets = pl.read_parquet(Path(cohort_dir) / "budgets" / f"{task}.parquet")
     samples = {
         (str(b), int(s)): g["subject_id"] for (b, s), g in budgets.group_by("budget", "seed", maintain_order=True)
@@ -215,9 +220,14 @@ def run_task(meds_root, cohort_dir, task: str, features_cfg, config: BaselineCon
         )
         metrics.write_predictions(frame, out / f"budget-{budget}_seed-{seed}.parquet")
         runs.setdefault(budget, []).append(frame)
+    how = {"n_resamples": evaluation.n_resamples, "seed": evaluation.seed, "alpha": evaluation.alpha}
+    whole = {}
     for budget in sorted(runs, key=lambda b: (b == "full", int(b) if b != "full" else 0)):
-        results[budget] = metrics.evaluate_mean(runs[budget], n_resamples=config.n_resamples, seed=config.seed)
-    return {"results": results, "features": {**stats.__dict__, "columns": vocab.n_columns}}
+        on_sample = [metrics.restrict(f, sample, f"LightGBM {task} {budget}") for f in runs[budget]]
+        results[budget] = metrics.evaluate_mean(on_sample, weights=sample, **how)
+        whole[budget] = metrics.evaluate_mean(runs[budget], **how)
+    features_stats = {**stats.__dict__, "columns": vocab.n_columns}
+    return {"results": results, "whole_test_split": whole, "features": features_stats}
 
 
 def read_oracle(cohort_metrics_file: str | Path) -> dict[str, dict]:
@@ -227,18 +237,28 @@ def read_oracle(cohort_metrics_file: str | Path) -> dict[str, dict]:
 
 
 def results_table(results: dict[str, dict], oracle: dict[str, dict] | None = None) -> pl.DataFrame:
-    """One row per task x budget: AUPRC / AUROC / Brier with 95% intervals, prevalence, oracle AUPRC."""
+    """One row per task x budget: AUPRC / AUROC / Brier with 95% intervals on the evaluation sample (its
+    patients and positives; the prevalence weighted back to the whole test split), the oracle's AUPRC."""
     rows = []
     for task, by_budget in results.items():
         for budget, r in by_budget["results"].items():
-            row = {"task": task, "budget": budget, "runs": len(r["runs"]), "test_patients": r["n"],
-                   "test_positives": r["positives"], "prevalence": r["prevalence"]}  # fmt: skip
+            row = {"task": task, "budget": budget, "runs": len(r["runs"]), "scored_patients": r["n"],
+                   "scored_positives": r["positives"], "prevalence": r["prevalence"]}  # fmt: skip
             for m in ("auprc", "auroc", "brier"):
                 row |= {m: r[m]["point"], f"{m}_low": r[m]["low"], f"{m}_high": r[m]["high"]}
             if oracle and task in oracle:
                 row |= {"oracle_auprc": oracle[task]["auprc"]["point"], "oracle_auroc": oracle[task]["auroc"]["point"]}
             rows.append(row)
     return pl.DataFrame(rows)
+
+
+def sample_check(results: dict[str, dict]) -> pl.DataFrame:
+    """LightGBM's AUPRC on the weighted evaluation sample against the whole test split, per task x budget
+    (`claimsutil.metrics.sample_gap_table`): how well the sample every model is scored on stands for the split."""
+    pairs = {(task, budget): (r, entry["whole_test_split"][budget])
+             for task, entry in results.items() for budget, r in entry["results"].items()}  # fmt: skip
+    table = metrics.sample_gap_table({f"{t}\t{b}": v for (t, b), v in pairs.items()}, label="key")
+    return table.with_columns(pl.col("key").str.split("\t").list.to_struct(fields=["task", "budget"])).unnest("key")
 
 
 def plot_results(table: pl.DataFrame):

@@ -28,7 +28,6 @@ import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 
-import meds
 import numpy as np
 import polars as pl
 
@@ -172,6 +171,60 @@ def sample_budgets(labels: pl.DataFrame, splits: pl.DataFrame, task: str, params
     return pl.concat([r.cast(schema) for r in rows]) if rows else pl.DataFrame(schema=schema)
 
 
+def evaluation_sample(test: pl.DataFrame, negatives: int | None, seed: int, task: str) -> pl.DataFrame:
+    """The scored test patients: every positive and NEGATIVES seeded negatives (None: all), with the weight
+    that makes the sample stand for the whole test split (1 for positives, all / sampled for negatives).
+    Columns: subject_id, prediction_time, boolean_value, weight; sorted by subject_id. Every model of the study
+    (fine-tuned, from scratch, LightGBM, the oracle, zero-shot) is scored on this one sample."""
+    test = test.select("subject_id", "prediction_time", "boolean_value").sort("subject_id")
+    pos, neg = test.filter(pl.col("boolean_value")), test.filter(~pl.col("boolean_value"))
+    if negatives is not None and negatives < neg.height:
+        rng = np.random.default_rng([seed, task_key(task), 1])
+        neg = neg[np.sort(rng.choice(neg.height, negatives, replace=False))]
+        weight = test.height - pos.height
+        neg = neg.with_columns(weight=pl.lit(weight / negatives))
+    else:
+        neg = neg.with_columns(weight=pl.lit(1.0))
+    return pl.concat([pos.with_columns(weight=pl.lit(1.0)), neg]).sort("subject_id")
+
+
+def early_stopping_sample(validation: pl.DataFrame, size: int, seed: int, task: str) -> pl.DataFrame:
+    """A fixed sample of SIZE validation patients: up to half positives, the rest negatives (balanced like the
+    label budgets). Sorted by subject_id. Every model early-stops on this one sample."""
+    validation = validation.select("subject_id", "prediction_time", "boolean_value").sort("subject_id")
+    pos, neg = validation.filter(pl.col("boolean_value")), validation.filter(~pl.col("boolean_value"))
+    rng = np.random.default_rng([seed, task_key(task), 2])
+    n_pos = min(pos.height, size // 2)
+    n_neg = min(neg.height, size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"task '{task}': the validation split needs positives and negatives for early stopping")
+    chosen = [pos[np.sort(rng.choice(pos.height, n_pos, replace=False))]]
+    chosen.append(neg[np.sort(rng.choice(neg.height, n_neg, replace=False))])
+    return pl.concat(chosen).sort("subject_id")
+
+
+def task_samples(cohorts: dict[str, TaskCohort], splits: pl.DataFrame, params: CohortParams) -> dict[str, dict]:
+    """Per task: the evaluation sample (test) and the early-stopping sample (validation) of every model."""
+    out = {}
+    for name, c in cohorts.items():
+        labels = c.labels.join(splits.select("subject_id", "split"), on="subject_id")
+        out[name] = {
+            "evaluation": evaluation_sample(labels.filter(pl.col("split") == "test"), params.test_negatives,
+                                            params.seed, name),
+            "validation": early_stopping_sample(labels.filter(pl.col("split") == "validation"),
+                                                params.validation_patients, params.seed, name),
+        }  # fmt: skip
+    return out
+
+
+def read_sample(cohort_dir: str | Path, task: str, kind: str) -> pl.DataFrame:
+    """A task's "evaluation" (test, weighted) or "validation" (early-stopping) sample."""
+    path = Path(cohort_dir) / kind / f"{task}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no {kind} sample for task '{task}' (the cohort stage writes it)")
+    return pl.read_parquet(path)
+
+
 # ---------------------------------------------------------------------------------------------- checks and Table 2
 def outcome_event_count(events: Events | str | Path, spec: TaskSpec) -> int:
     """Records of the outcome's codes in the data (the study's view: after death and past the end left out)."""
@@ -246,18 +299,31 @@ def table2(cohorts: dict[str, TaskCohort], splits: pl.DataFrame) -> pl.DataFrame
 
 
 # ---------------------------------------------------------------------------------------------- outputs
+def _label_schema():
+    import meds  # imported where it is used: it is slow to import
+
+    return meds.LabelSchema
+
+
 def write_cohort(
-    out_dir: str | Path, cohorts: dict[str, TaskCohort], splits: pl.DataFrame, budgets: dict[str, pl.DataFrame]
+    out_dir: str | Path,
+    cohorts: dict[str, TaskCohort],
+    splits: pl.DataFrame,
+    budgets: dict[str, pl.DataFrame],
+    samples: dict[str, dict[str, pl.DataFrame]],
 ) -> None:
-    """data/cohort: labels/<task>.parquet (MEDS label schema), splits.parquet, budgets/<task>.parquet."""
+    """data/cohort: labels/<task>.parquet (MEDS label schema), splits.parquet (a copy of the splits stage's),
+    budgets/<task>.parquet, evaluation/<task>.parquet and validation/<task>.parquet (`task_samples`)."""
     out = Path(out_dir)
-    for sub in ("labels", "budgets"):
+    for sub in ("labels", "budgets", "evaluation", "validation"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for name, c in cohorts.items():
         table = c.labels.select("subject_id", "prediction_time", "boolean_value").to_arrow()
-        meds.LabelSchema.validate(table)  # the MEDS label schema, exactly
+        _label_schema().validate(table)  # the MEDS label schema, exactly
         pl.from_arrow(table).write_parquet(out / "labels" / f"{name}.parquet")
         budgets[name].write_parquet(out / "budgets" / f"{name}.parquet")
+        for kind, frame in samples[name].items():
+            frame.write_parquet(out / kind / f"{name}.parquet")
     splits.write_parquet(out / "splits.parquet")
 
 

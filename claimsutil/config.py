@@ -183,10 +183,11 @@ class CohortParams:
     split: dict[str, float] = field(default_factory=lambda: {"train": 0.70, "validation": 0.15, "test": 0.15})
     held_out_hospitals: int = 4  # whole hospitals kept out of every split (0 when the data has no HOSPITAL/ codes)
     budgets: tuple[int, ...] = (100, 500, 1000)  # labelled patients per balanced sample
-    budget_seeds: int = 3  # samples per budget
+    budget_seeds: int = 1  # samples per budget; every model (fine-tuned, from scratch, LightGBM) trains on each
     min_positives: int = 10  # fewer positives than this in any split stops the cohort stage
+    test_negatives: int | None = 2000  # the evaluation sample: every test positive and this many test negatives
+    validation_patients: int = 300  # the early-stopping sample of every model: up to half validation positives
     oracle_replicates: int = 50  # simulated futures per test patient for the oracle ceiling
-    n_resamples: int = 1000  # bootstrap resamples for the oracle's intervals
 
     def __post_init__(self) -> None:
         _require(self, set(self.split) == {"train", "validation", "test"}, "split",
@@ -202,7 +203,9 @@ class CohortParams:
         _require(self, self.min_prior_days >= 0, "min_prior_days", "must be >= 0")
         _require(self, self.min_positives >= 1, "min_positives", "must be >= 1")
         _require(self, self.oracle_replicates >= 1, "oracle_replicates", "must be >= 1")
-        _require(self, self.n_resamples >= 1, "n_resamples", "must be >= 1")
+        _require(self, self.test_negatives is None or self.test_negatives >= 1, "test_negatives",
+                 "must be >= 1 or null (every test patient)")  # fmt: skip
+        _require(self, self.validation_patients >= 2, "validation_patients", "must be >= 2")
 
 
 @dataclass(frozen=True)
@@ -300,13 +303,12 @@ class BaselineConfig:
     early_stopping_rounds: int = 50  # rounds without a better validation AUPRC before stopping
     num_threads: int = 2  # fixed: LightGBM's results may depend on the thread count
     full_training_set: bool = True  # also train on every training patient (natural prevalence)
-    n_resamples: int = 1000  # bootstrap resamples for the intervals
 
     def __post_init__(self) -> None:
         for key in ("num_leaves", "min_child_samples"):
             values = getattr(self, key)
             _require(self, bool(values) and all(v >= 1 for v in values), key, "must be one or more integers >= 1")
-        for key in ("n_estimators", "early_stopping_rounds", "num_threads", "n_resamples"):
+        for key in ("n_estimators", "early_stopping_rounds", "num_threads"):
             _require(self, getattr(self, key) >= 1, key, "must be >= 1")
         _require(self, 0 < self.feature_fraction <= 1, "feature_fraction", "must be in (0, 1]")
         _require(self, self.learning_rate > 0, "learning_rate", "must be > 0")
@@ -316,7 +318,6 @@ class BaselineConfig:
 @dataclass(frozen=True)
 class FinetuneConfig:
     seed: int = 31  # run seeds (model init of the control, head init, batch order, dropout) and samples
-    budget_seeds: int = 1  # budget samples fine-tuned per budget (at most cohort.budget_seeds)
     full_training_set: bool = False  # also fine-tune on every training patient (natural prevalence)
     batch_patients: int = 64  # patients per optimizer step
     lr: float = 0.003  # AdamW learning rate (constant), the same for pretrained and from-scratch runs
@@ -327,30 +328,26 @@ class FinetuneConfig:
     max_epochs: int = 4  # passes over the labelled patients at most
     patience: int = 2  # epochs without a better validation AUPRC before stopping
     max_len: int = 128  # most recent tokens per patient (at most the model's max_len), also the packed row length
-    validation_patients: int = 150  # early-stopping sample: up to half validation positives, the rest negatives
-    test_negatives: int | None = 600  # test negatives scored (all positives always); null: every test patient
     eval_tokens: int = 16384  # tokens per forward pass when scoring
     workers: int = execution(2)  # processes running runs in parallel (never changes the results)
     device: Literal["auto", "cuda", "cpu"] = execution("auto")  # auto: CUDA when available
     num_threads: int = 1  # torch threads per process
-    n_resamples: int = 1000  # bootstrap resamples for the 95% intervals
 
     def __post_init__(self) -> None:
-        for key in ("budget_seeds", "batch_patients", "max_epochs", "patience", "max_len", "workers", "num_threads",
-                    "eval_tokens", "n_resamples"):  # fmt: skip
+        for key in ("batch_patients", "max_epochs", "patience", "max_len", "workers", "num_threads", "eval_tokens"):
             _require(self, getattr(self, key) >= 1, key, "must be >= 1")
-        _require(self, self.validation_patients >= 2, "validation_patients", "must be >= 2")
-        _require(self, self.test_negatives is None or self.test_negatives >= 1, "test_negatives",
-                 "must be >= 1 or null (every test patient)")  # fmt: skip
         _require(self, 0 <= self.dropout < 1, "dropout", "must be in [0, 1)")
         _require(self, self.lr > 0 and self.grad_clip >= 0, "lr", "must be > 0 (and grad_clip >= 0)")
 
 
 @dataclass(frozen=True)
-class ScalingParams:
+class EvaluationParams:
+    """How every stage scores a model: the same resamples of the same patients, so one model, task and budget
+    gets one number (and one interval) wherever it is reported."""
+
     seed: int = 37  # bootstrap seed (every model is scored on the same resamples)
     n_resamples: int = 1000  # bootstrap resamples for intervals and paired tests
-    alpha: float = 0.05  # a scale is significantly worse than the best when the 1 - alpha interval excludes 0
+    alpha: float = 0.05  # intervals are 1 - alpha; a scale is worse than the best when its interval excludes 0
 
     def __post_init__(self) -> None:
         _require(self, self.n_resamples >= 1, "n_resamples", "must be >= 1")
@@ -367,7 +364,7 @@ SECTIONS: dict[str, type] = {
     "features": FeatureConfig,
     "baseline": BaselineConfig,
     "finetune": FinetuneConfig,
-    "scaling": ScalingParams,
+    "evaluation": EvaluationParams,
 }
 TOP_LEVEL = ("profile", *SECTIONS, "scales", "tasks")
 
@@ -386,7 +383,7 @@ class StudyParams:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    scaling: ScalingParams = field(default_factory=ScalingParams)
+    evaluation: EvaluationParams = field(default_factory=EvaluationParams)
 
     def task(self, name: str) -> TaskSpec:
         for spec in self.tasks:

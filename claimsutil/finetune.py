@@ -13,11 +13,12 @@ budget; after every epoch the model scores a fixed early-stopping sample of vali
 weights with the best validation AUPRC (the primary metric) are kept; training stops after `patience` epochs
 without improvement.
 
-Evaluation sample. Forward passes over every test patient for every run would cost more than the training;
-all test positives and `test_negatives` seeded test negatives (a case-cohort sample) are scored instead, each
-sampled negative weighted by (test negatives / sampled negatives), so weighted AUPRC, AUROC and Brier
-estimate their full-test-set values. `test_negatives: null` scores every test patient (the paper profile).
-The analysis scores LightGBM and the oracle on the same patients with the same weights.
+Samples. Every model of the study early-stops on the cohort stage's validation sample and is scored on its
+evaluation sample (`claimsutil.cohort.task_samples`): all test positives and `cohort.test_negatives` seeded
+test negatives (a case-cohort sample), each sampled negative weighted by (test negatives / sampled
+negatives), so weighted AUPRC, AUROC and Brier estimate their whole-test-split values (`cohort.test_negatives:
+null` scores every test patient, the paper profile). LightGBM and the oracle are scored on the same patients
+with the same weights; every budget seed the cohort stage drew is trained.
 
 Determinism. Every run is seeded by (seed, task, budget, budget seed, init) and runs on one thread, so the
 same inputs give the same predictions bit for bit whether runs go through worker processes or not.
@@ -43,44 +44,13 @@ from tqdm import tqdm
 from claimsutil import metrics
 from claimsutil import tokenize as tok
 from claimsutil.batching import pack_rows, rows_to_tensors
-from claimsutil.cohort import read_labels
-from claimsutil.config import FinetuneConfig
+from claimsutil.cohort import read_labels, read_sample
+from claimsutil.config import EvaluationParams, FinetuneConfig
 from claimsutil.metrics import INITS
 from claimsutil.model import ClaimsEncoder, EncoderClassifier, ModelConfig
 from claimsutil.splits import task_key
 
 # --------------------------------------------------------------------------------------------- samples
-
-
-def evaluation_sample(test: pl.DataFrame, negatives: int | None, seed: int, task: str) -> pl.DataFrame:
-    """The scored test patients: every positive and NEGATIVES seeded negatives (None: all), with the weight
-    that makes the sample stand for the whole test split (1 for positives, all / sampled for negatives).
-    Columns: subject_id, prediction_time, boolean_value, weight; sorted by subject_id."""
-    test = test.select("subject_id", "prediction_time", "boolean_value").sort("subject_id")
-    pos, neg = test.filter(pl.col("boolean_value")), test.filter(~pl.col("boolean_value"))
-    if negatives is not None and negatives < neg.height:
-        rng = np.random.default_rng([seed, task_key(task), 1])
-        neg = neg[np.sort(rng.choice(neg.height, negatives, replace=False))]
-        weight = test.height - pos.height
-        neg = neg.with_columns(weight=pl.lit(weight / negatives))
-    else:
-        neg = neg.with_columns(weight=pl.lit(1.0))
-    return pl.concat([pos.with_columns(weight=pl.lit(1.0)), neg]).sort("subject_id")
-
-
-def early_stopping_sample(validation: pl.DataFrame, size: int, seed: int, task: str) -> pl.DataFrame:
-    """A fixed sample of SIZE validation patients: up to half positives, the rest negatives (balanced like the
-    label budgets). Sorted by subject_id."""
-    validation = validation.select("subject_id", "prediction_time", "boolean_value").sort("subject_id")
-    pos, neg = validation.filter(pl.col("boolean_value")), validation.filter(~pl.col("boolean_value"))
-    rng = np.random.default_rng([seed, task_key(task), 2])
-    n_pos = min(pos.height, size // 2)
-    n_neg = min(neg.height, size - n_pos)
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError(f"task '{task}': the validation split needs positives and negatives for early stopping")
-    chosen = [pos[np.sort(rng.choice(pos.height, n_pos, replace=False))]]
-    chosen.append(neg[np.sort(rng.choice(neg.height, n_neg, replace=False))])
-    return pl.concat(chosen).sort("subject_id")
 
 
 # ----------------------------------------------------------------------------------------------- batches
@@ -234,19 +204,12 @@ def task_data(store: tok.TokenStore, cohort_dir: str | Path, task: str, config: 
     """A task's sequences: the early-stopping and evaluation samples and every budget sample's patients."""
     labels = read_labels(cohort_dir, task)
     cut = min(config.max_len, max_len)
-    evaluation = evaluation_sample(labels.filter(pl.col("split") == "test"), config.test_negatives, config.seed, task)
-    stopping = early_stopping_sample(labels.filter(pl.col("split") == "validation"), config.validation_patients,
-                                     config.seed, task)  # fmt: skip
-    budgets_path = Path(cohort_dir) / "budgets" / f"{task}.parquet"
-    budgets = pl.read_parquet(budgets_path)
-    available = budgets["seed"].n_unique()
-    if config.budget_seeds > available:
-        raise ValueError(f"finetune.budget_seeds = {config.budget_seeds}, but {budgets_path} holds {available} "
-                         "sample(s) per budget (cohort.budget_seeds)")  # fmt: skip
+    evaluation = read_sample(cohort_dir, task, "evaluation")
+    stopping = read_sample(cohort_dir, task, "validation")
+    budgets = pl.read_parquet(Path(cohort_dir) / "budgets" / f"{task}.parquet")
     samples = {
         (str(b), int(s)): g.select("subject_id")
         for (b, s), g in budgets.group_by("budget", "seed", maintain_order=True)
-        if s < config.budget_seeds
     }
     if config.full_training_set:
         samples[("full", 0)] = labels.filter(pl.col("split") == "train").select("subject_id")
@@ -260,10 +223,11 @@ def task_data(store: tok.TokenStore, cohort_dir: str | Path, task: str, config: 
 
 
 def finetune_scale(store_dir: str | Path, cohort_dir: str | Path, model_path: str | Path, tasks: list[str],
-                   config: FinetuneConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Every run of every task at one scale. Writes OUT_DIR/<task>/<init>_budget-<B>_seed-<S>.parquet (test
-    predictions, meds-evaluation columns), OUT_DIR/<task>/evaluation_sample.parquet (scored patients and
-    weights) and OUT_DIR/runs.json; returns {task: {"runs": [...], "results": {init: {budget: evaluate}}}}."""
+                   config: FinetuneConfig, out_dir: str | Path, evaluation: EvaluationParams,
+                   progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Every run of every task at one scale. Writes OUT_DIR/<task>/<init>_budget-<B>_seed-<S>.parquet (the
+    evaluation sample's predictions, meds-evaluation columns) and OUT_DIR/runs.json; returns {task: {"runs":
+    [...], "results": {init: {budget: evaluate_mean on the evaluation sample}}}}."""
     store, out = tok.TokenStore(store_dir), Path(out_dir)
     model_config = ModelConfig(**torch.load(model_path, map_location="cpu", weights_only=False)["model_config"])
     data = {t: task_data(store, cohort_dir, t, config, model_config.max_len) for t in tasks}
@@ -293,8 +257,7 @@ def finetune_scale(store_dir: str | Path, cohort_dir: str | Path, model_path: st
                 bar.update(1)
     bar.close()
     for t in tasks:
-        data[t]["evaluation"].write_parquet(out / t / "evaluation_sample.parquet")
-        results[t]["results"] = summarise(results[t].pop("predictions"), data[t]["evaluation"], config)
+        results[t]["results"] = summarise(results[t].pop("predictions"), data[t]["evaluation"], evaluation)
         results[t]["runs"].sort(key=lambda r: (r["init"], _budget_key(r["budget"]), r["budget_seed"]))
     (out / "runs.json").write_text(json.dumps({t: r["runs"] for t, r in results.items()}, indent=1) + "\n")
     return results
@@ -314,14 +277,13 @@ def _budget_key(budget: str) -> tuple[bool, int]:
     return (budget == "full", 0 if budget == "full" else int(budget))
 
 
-def summarise(predictions: dict[tuple[str, str], list[pl.DataFrame]], evaluation: pl.DataFrame,
-              config: FinetuneConfig) -> dict[str, dict[str, dict]]:  # fmt: skip
-    """{init: {budget: evaluate_mean over the budget seeds, weighted by the evaluation sample}}."""
+def summarise(predictions: dict[tuple[str, str], list[pl.DataFrame]], sample: pl.DataFrame,
+              evaluation: EvaluationParams) -> dict[str, dict[str, dict]]:  # fmt: skip
+    """{init: {budget: evaluate_mean over the budget seeds, weighted by the evaluation SAMPLE}}."""
     out: dict[str, dict[str, dict]] = {}
+    how = {"n_resamples": evaluation.n_resamples, "seed": evaluation.seed, "alpha": evaluation.alpha}
     for init, budget in sorted(predictions, key=lambda k: (INITS.index(k[0]), _budget_key(k[1]))):
-        out.setdefault(init, {})[budget] = metrics.evaluate_mean(
-            predictions[(init, budget)], n_resamples=config.n_resamples, seed=config.seed, weights=evaluation
-        )
+        out.setdefault(init, {})[budget] = metrics.evaluate_mean(predictions[(init, budget)], weights=sample, **how)
     return out
 
 

@@ -502,6 +502,40 @@ def evaluate_mean(
     }
 
 
+def restrict(predictions: pl.DataFrame, sample: pl.DataFrame, source: str = "predictions") -> pl.DataFrame:
+    """The rows of PREDICTIONS for the patients of SAMPLE (subject_id, prediction_time); every one of them must
+    have a prediction (an error names SOURCE)."""
+    keys = [SUBJECT_ID, PREDICTION_TIME]
+    kept = predictions.join(sample.select(keys), on=keys, how="semi")
+    if kept.height != sample.height:
+        raise ValueError(
+            f"{source}: {sample.height - kept.height} patient(s) of the evaluation sample have no prediction"
+        )
+    return kept
+
+
+def evaluate_on_sample(predictions: pl.DataFrame, sample: pl.DataFrame, n_resamples: int = 1000, seed: int = 0,
+                       alpha: float = 0.05) -> dict:  # fmt: skip
+    """`evaluate` on the weighted evaluation SAMPLE (subject_id, prediction_time, weight): the one number every
+    model of the study is given."""
+    rows = restrict(predictions, sample)
+    return evaluate(rows, n_resamples, seed, alpha, weights=row_weights_for(rows, sample))
+
+
+def sample_gap_table(results: dict[str, tuple[dict, dict]], label: str = "task") -> pl.DataFrame:
+    """How far the weighted evaluation sample's AUPRC is from the whole test split's: one row per entry of
+    RESULTS (name -> (`evaluate` on the sample, `evaluate` on the whole split)), with the sample's 95% interval
+    and whether the whole split's value falls inside it."""
+    rows = []
+    for name, (sample, whole) in results.items():
+        a, w = sample["auprc"], whole["auprc"]
+        rows.append({label: name, "auprc_sample": a["point"], "auprc_sample_low": a["low"],
+                     "auprc_sample_high": a["high"], "auprc_whole_split": w["point"],
+                     "gap": a["point"] - w["point"], "interval_half_width": (a["high"] - a["low"]) / 2,
+                     "whole_inside_interval": a["low"] <= w["point"] <= a["high"]})  # fmt: skip
+    return pl.DataFrame(rows)
+
+
 def row_weights_for(rows: pl.DataFrame, weights: pl.DataFrame) -> np.ndarray:
     """The weight of each of ROWS (subject_id, prediction_time), from WEIGHTS (subject_id, prediction_time,
     weight); a row without a weight is an error naming it."""

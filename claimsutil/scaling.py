@@ -1,9 +1,11 @@
 """The scaling analysis: the study's tables, figures, power-law fits and saturation decisions.
 
-Every downstream model is scored on the same test patients with the same weights (the fine-tuning stage's
-evaluation sample, `claimsutil.finetune.evaluation_sample`): each scale pretrained and from scratch, LightGBM
-and the oracle ceiling. A label budget's result is the mean over its budget seeds, with a 95% interval from a
-patient-level bootstrap shared by all models, so differences between models are paired.
+Every downstream model is scored on the same test patients with the same weights (the cohort stage's
+evaluation sample, `claimsutil.cohort.task_samples`): each scale pretrained and from scratch, LightGBM and the
+oracle ceiling, each with the same resamples (params.yaml `evaluation`), so a model, task and budget gets the
+same number here as in its own stage's report. A label budget's result is the mean over its budget seeds,
+with a 95% interval from a patient-level bootstrap shared by all models, so differences between models are
+paired.
 
 Saturation is a test, not a judgement: for a task and label budget, the saturation scale is the smallest
 pretrained scale whose AUPRC is not significantly worse than the best scale's (the 95% paired-bootstrap
@@ -23,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from claimsutil import metrics
+from claimsutil.cohort import read_sample
 from claimsutil.meds import code_family
 from claimsutil.metrics import INITS
 
@@ -99,43 +102,32 @@ class TaskPredictions:
     runs: dict[tuple[str, str, str], list[pl.DataFrame]]  # (model, scale or "", budget) -> one frame per seed
 
 
-def _on_sample(frame: pl.DataFrame, evaluation: pl.DataFrame, source: str) -> pl.DataFrame:
-    keys = ["subject_id", "prediction_time"]
-    kept = frame.join(evaluation.select(keys), on=keys, how="semi")
-    if kept.height != evaluation.height:
-        raise ValueError(f"{source}: {evaluation.height - kept.height} patient(s) of the evaluation sample have no "
-                         "prediction")  # fmt: skip
-    return kept
-
-
-def load_task(task: str, scales: list[str], budgets: list[str], seeds: int, finetune_dir: str | Path,
-              baseline_dir: str | Path, oracle_dir: str | Path | None) -> TaskPredictions:  # fmt: skip
-    """Read a task's predictions: every scale x init x budget x seed of fine-tuning, LightGBM's seeds of the
-    same budgets, and the oracle (when there is ground truth). The evaluation sample must be the same at
-    every scale."""
-    finetune_dir, baseline_dir = Path(finetune_dir), Path(baseline_dir)
-    evaluation = None
+def load_task(task: str, scales: list[str], budgets: list[str], cohort_dir: str | Path, finetune_dir: str | Path,
+              baseline_dir: str | Path) -> TaskPredictions:  # fmt: skip
+    """Read a task's predictions on its evaluation sample (`claimsutil.cohort.task_samples`): every scale x init
+    x budget x budget seed of fine-tuning, LightGBM's runs of the same budgets and seeds, and the oracle
+    (COHORT_DIR/oracle, when there is ground truth)."""
+    cohort_dir, finetune_dir, baseline_dir = Path(cohort_dir), Path(finetune_dir), Path(baseline_dir)
+    evaluation = read_sample(cohort_dir, task, "evaluation")
+    seeds = pl.read_parquet(cohort_dir / "budgets" / f"{task}.parquet")["seed"].n_unique()
     runs: dict[tuple[str, str, str], list[pl.DataFrame]] = {}
+
+    def on_sample(files: list[Path]) -> list[pl.DataFrame]:
+        return [metrics.restrict(metrics.read_predictions(f), evaluation, str(f)) for f in files]
+
     for scale in scales:
-        path = finetune_dir / scale / task / "evaluation_sample.parquet"
-        sample = pl.read_parquet(path)
-        if evaluation is None:
-            evaluation = sample
-        elif not sample.equals(evaluation):
-            raise ValueError(f"{path}: another evaluation sample than scale {scales[0]}'s; rerun fine-tuning")
         for init in INITS:
             for budget in budgets:
-                files = [finetune_dir / scale / task / f"{init}_budget-{budget}_seed-{s}.parquet" for s in range(seeds)]
-                runs[(init, scale, budget)] = [_on_sample(metrics.read_predictions(f), sample, str(f)) for f in files]
-    assert evaluation is not None, "no scales"
+                n = seeds if budget != "full" else 1
+                runs[(init, scale, budget)] = on_sample(
+                    [finetune_dir / scale / task / f"{init}_budget-{budget}_seed-{s}.parquet" for s in range(n)]
+                )
     for budget in budgets:
-        files = [
-            baseline_dir / task / f"budget-{budget}_seed-{s}.parquet" for s in range(seeds if budget != "full" else 1)
-        ]
-        runs[("lightgbm", "", budget)] = [_on_sample(metrics.read_predictions(f), evaluation, str(f)) for f in files]
-    if oracle_dir is not None and (Path(oracle_dir) / f"{task}.parquet").is_file():
-        f = Path(oracle_dir) / f"{task}.parquet"
-        runs[("oracle", "", "")] = [_on_sample(metrics.read_predictions(f), evaluation, str(f))]
+        n = seeds if budget != "full" else 1
+        runs[("lightgbm", "", budget)] = on_sample([baseline_dir / task / f"budget-{budget}_seed-{s}.parquet"
+                                                    for s in range(n)])  # fmt: skip
+    if (cohort_dir / "oracle" / f"{task}.parquet").is_file():
+        runs[("oracle", "", "")] = on_sample([cohort_dir / "oracle" / f"{task}.parquet"])
     return TaskPredictions(task, evaluation, runs)
 
 

@@ -105,7 +105,9 @@ def _invalid_utf8(root: Path) -> None:
     table = pq.read_table(root / SHARD)
     codes = table.column("code").combine_chunks().cast(pa.binary()).to_pylist()
     codes[5] = b"ICD10/\xff\xfe"
-    table = table.set_column(table.schema.get_field_index("code"), "code", pa.array(codes, pa.binary()).view(pa.string()))
+    table = table.set_column(
+        table.schema.get_field_index("code"), "code", pa.array(codes, pa.binary()).view(pa.string())
+    )
     pq.write_table(table, root / SHARD)
 
 
@@ -147,7 +149,12 @@ FILE_CASES = {
     "corrupt data page": (_corrupt_page, "unreadable", None, "row group 0"),
     "bytes that are not UTF-8 in code": (_invalid_utf8, "not_utf8", "code", "\\xff"),
     "two columns named code": (_duplicate_column, "duplicate_column", "code", "2 columns are named code"),
-    "uint64 ids beyond int64": (lambda r: _uint64_ids(r, True), "value_out_of_range", "subject_id", "9223372036854775813"),
+    "uint64 ids beyond int64": (
+        lambda r: _uint64_ids(r, True),
+        "value_out_of_range",
+        "subject_id",
+        "9223372036854775813",
+    ),
     "uint64 ids that fit": (lambda r: _uint64_ids(r, False), "column_type", "subject_id", "uint64"),
     "shard named *.pq": (lambda r: _rename(r, ".pq"), "shard_name", None, "rename it to shard-00001.parquet"),
     "shard named *.PARQUET": (lambda r: _rename(r, ".PARQUET"), "shard_name", None, "not named *.parquet"),
@@ -170,8 +177,9 @@ FILE_CASES = {
         "extra column",
     ),
     "splits naming unknown subjects": (
-        lambda r: pl.concat([pl.read_parquet(r / cm.SPLITS_FILE), pl.DataFrame({"subject_id": [10**9], "split": ["train"]})])
-        .write_parquet(r / cm.SPLITS_FILE),
+        lambda r: pl.concat(
+            [pl.read_parquet(r / cm.SPLITS_FILE), pl.DataFrame({"subject_id": [10**9], "split": ["train"]})]
+        ).write_parquet(r / cm.SPLITS_FILE),
         "splits_unknown_subject",
         "subject_id",
         "1000000000",
@@ -337,6 +345,7 @@ def test_a_coverage_end_in_year_50000_is_an_error_and_the_study_still_reads(clea
 def test_still_enrolled_patients_are_covered_to_the_end(clean, clean_labels, tmp_path):
     """A COVERAGE/START without an END (still enrolled at the cut-off, as in most extracts) is covered to the
     end of the data: the same labels as when the END at the cut-off is written."""
+
     def drop_cutoff_ends(df: pl.DataFrame) -> pl.DataFrame:
         return df.filter(pl.col("text_value").fill_null("") != "data_cutoff")
 
@@ -456,7 +465,7 @@ PARAMS_CASES = {
     "splits not summing to 1": ("validation: 0.15, test: 0.15", "validation: 0.15, test: 0.05", r"sum to 1"),
     "an unknown key": ("  min_count: 5 ", "  min_cuont: 5 ", r"unknown key\(s\) \['min_cuont'\] in section 'tokenize'"),
     "an unknown scale key": ("  xs: {lr: 0.003}", "  xs: {lr: 0.003, layers: 9}", r"unknown key\(s\) \['layers'\] in scales.xs"),
-    "a boolean count": ("  budget_seeds: 3 ", "  budget_seeds: true ", r"cohort.budget_seeds = True must be an integer"),
+    "a boolean count": ("  budget_seeds: 1 ", "  budget_seeds: true ", r"cohort.budget_seeds = True must be an integer"),
     "words for a rate": ("  lr: 0.002 ", "  lr: fast ", r"pretrain.lr = 'fast' must be a number"),
     "an unknown choice": ("  repeats: first_per_episode", "  repeats: some", r"tokenize.repeats = 'some' must be one of"),
     "an impossible data end": ("  end: null", "  end: 2024-13-01", r"data.end = .* must be a date"),

@@ -350,7 +350,7 @@ def test_suspected(meds_root: Path, bare_root: Path) -> None:
     )
 
 
-def test_suppress_small(meds_root: Path) -> None:
+def test_suppress_small(meds_root: Path, tmp_path: Path) -> None:
     profile = describe.hospital_profile(meds_root)
     shown = report.suppress_small(profile, min_cell=3, derived=describe.HOSPITAL_DERIVED)
     h01, h02, _ = shown.iter_rows(named=True)
@@ -364,7 +364,10 @@ def test_suppress_small(meds_root: Path) -> None:
     assert h02["patients"] == "3" and h02["ccb_share"] is None and h02["suspected_share"] is None
     assert h02["person_years"] == profile["person_years"][1]  # floats are not counts
     default = report.suppress_small(describe.codes_by_family(meds_root), keep=["codes"])
-    assert default.row(0) == ("ICD10", 8, "18", "<10")
+    assert default.row(0) == ("ICD10", "8", "18", "<10")  # kept counts are shown as they are (as text)
+    report.check_small_cells(default)  # nothing left for write_table to refuse
+    with pytest.raises(report.SmallCellError, match="column events shows 5 count.s. below 10"):
+        report.write_table(describe.codes_by_family(meds_root), Path(tmp_path) / "raw", keep=["codes"])
     with pytest.raises(ValueError, match="subject ids"):
         report.suppress_small(pl.DataFrame({"subject_id": [1]}))
     with pytest.raises(ValueError, match="not count columns"):

@@ -16,16 +16,15 @@ from claimsutil import metrics
 from claimsutil import splits as sp
 from claimsutil import tokenize as tok
 from claimsutil import train as tr
-from claimsutil.config import CohortParams, FinetuneConfig, SynthParams, build_section
+from claimsutil.config import CohortParams, EvaluationParams, FinetuneConfig, SynthParams, build_section
 from claimsutil.model import ClaimsEncoder, EncoderClassifier, config_for
 from claimsutil.synth import generate
 
 ROW_LEN = 128
 PREDICTION_TIME = dt.datetime(2021, 1, 1)
-CONFIG = ft.FinetuneConfig(
-    budget_seeds=1, batch_patients=16, lr=3e-3, max_epochs=4, patience=2, max_len=ROW_LEN,
-    validation_patients=60, test_negatives=40, workers=1, device="cpu", n_resamples=50,
-)  # fmt: skip
+CONFIG = ft.FinetuneConfig(batch_patients=16, lr=3e-3, max_epochs=4, patience=2, max_len=ROW_LEN, workers=1,
+                           device="cpu")  # fmt: skip
+EVALUATION = EvaluationParams(n_resamples=50)
 
 
 def _labels_frame(subjects: np.ndarray, y: np.ndarray) -> pl.DataFrame:
@@ -55,9 +54,16 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     y = np.array([code in s[0] for s in seqs])
     labels = _labels_frame(subjects, y)
     cohort_dir = root / "cohort"
-    (cohort_dir / "labels").mkdir(parents=True)
-    (cohort_dir / "budgets").mkdir()
+    for sub in ("labels", "budgets", "evaluation", "validation"):
+        (cohort_dir / sub).mkdir(parents=True)
     labels.write_parquet(cohort_dir / "labels" / "planted.parquet")
+    split_labels = labels.join(splits, on="subject_id")
+    co.evaluation_sample(split_labels.filter(pl.col("split") == "test"), 40, 3, "planted").write_parquet(
+        cohort_dir / "evaluation" / "planted.parquet"
+    )
+    co.early_stopping_sample(split_labels.filter(pl.col("split") == "validation"), 60, 3, "planted").write_parquet(
+        cohort_dir / "validation" / "planted.parquet"
+    )
     splits.write_parquet(cohort_dir / "splits.parquet")
     params = CohortParams(budgets=(20, 60), budget_seeds=1, seed=3)
     co.sample_budgets(labels, splits, "planted", params).write_parquet(cohort_dir / "budgets" / "planted.parquet")
@@ -73,15 +79,15 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_evaluation_sample_keeps_every_positive_and_weights_negatives_back():
     rng = np.random.default_rng(0)
     test = _labels_frame(np.arange(1000), rng.random(1000) < 0.05)
-    sample = ft.evaluation_sample(test, 100, seed=1, task="t")
+    sample = co.evaluation_sample(test, 100, seed=1, task="t")
     positives = int(test["boolean_value"].sum())
     assert sample.filter(pl.col("boolean_value")).height == positives
     assert sample.filter(~pl.col("boolean_value")).height == 100
     assert sample["weight"].sum() == pytest.approx(1000)  # stands for the whole test split
     assert sample.filter(pl.col("boolean_value"))["weight"].unique().to_list() == [1.0]
-    assert sample.equals(ft.evaluation_sample(test, 100, seed=1, task="t"))
-    assert not sample.equals(ft.evaluation_sample(test, 100, seed=2, task="t"))
-    everyone = ft.evaluation_sample(test, None, seed=1, task="t")
+    assert sample.equals(co.evaluation_sample(test, 100, seed=1, task="t"))
+    assert not sample.equals(co.evaluation_sample(test, 100, seed=2, task="t"))
+    everyone = co.evaluation_sample(test, None, seed=1, task="t")
     assert everyone.height == 1000 and everyone["weight"].unique().to_list() == [1.0]
 
 
@@ -94,7 +100,7 @@ def test_weighted_case_cohort_auprc_estimates_the_full_test_set():
     full = metrics.score(y, p)
     estimates = []
     for seed in range(5):
-        sample = ft.evaluation_sample(test, 3000, seed=seed, task="t")
+        sample = co.evaluation_sample(test, 3000, seed=seed, task="t")
         idx = sample["subject_id"].to_numpy()
         estimates.append(metrics.score(y[idx], p[idx], sample["weight"].to_numpy()))
     assert np.mean([e["auprc"] for e in estimates]) == pytest.approx(full["auprc"], rel=0.05)
@@ -106,12 +112,12 @@ def test_weighted_case_cohort_auprc_estimates_the_full_test_set():
 
 def test_early_stopping_sample_is_balanced_and_fixed():
     val = _labels_frame(np.arange(500), np.arange(500) % 10 == 0)  # 50 positives
-    sample = ft.early_stopping_sample(val, 60, seed=1, task="t")
+    sample = co.early_stopping_sample(val, 60, seed=1, task="t")
     assert sample.height == 60 and int(sample["boolean_value"].sum()) == 30
-    few = ft.early_stopping_sample(val, 200, seed=1, task="t")
+    few = co.early_stopping_sample(val, 200, seed=1, task="t")
     assert int(few["boolean_value"].sum()) == 50 and few.height == 200  # all positives, negatives fill up
     with pytest.raises(ValueError, match="positives and negatives"):
-        ft.early_stopping_sample(_labels_frame(np.arange(5), np.zeros(5)), 4, seed=1, task="t")
+        co.early_stopping_sample(_labels_frame(np.arange(5), np.zeros(5)), 4, seed=1, task="t")
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
@@ -131,21 +137,20 @@ def test_packed_rows_give_each_patient_its_own_logit(pooling, study):
 
 def test_finetune_scale_learns_and_is_the_same_with_workers(study, tmp_path):
     one = ft.finetune_scale(study["store"], study["cohort"], study["model"], ["planted"], CONFIG, tmp_path / "one",
-                            progress=False)  # fmt: skip
+                            EVALUATION, progress=False)  # fmt: skip
     two = ft.finetune_scale(study["store"], study["cohort"], study["model"], ["planted"],
-                            replace(CONFIG, workers=2), tmp_path / "two", progress=False)  # fmt: skip
+                            replace(CONFIG, workers=2), tmp_path / "two", EVALUATION, progress=False)  # fmt: skip
     assert two["planted"]["results"] == one["planted"]["results"]
     files = sorted(p.name for p in (tmp_path / "one" / "planted").glob("*.parquet"))
-    assert files == sorted(
-        [f"{i}_budget-{b}_seed-0.parquet" for i in ft.INITS for b in (20, 60)] + ["evaluation_sample.parquet"]
-    )
+    assert files == sorted(f"{i}_budget-{b}_seed-0.parquet" for i in ft.INITS for b in (20, 60))
     for name in files:
         a, b = (
             pl.read_parquet(tmp_path / "one" / "planted" / name),
             pl.read_parquet(tmp_path / "two" / "planted" / name),
         )
         assert a.equals(b), name  # bit for bit, whichever process ran it
-    sample = pl.read_parquet(tmp_path / "one" / "planted" / "evaluation_sample.parquet")
+    sample = co.read_sample(study["cohort"], "planted", "evaluation")
+    assert pl.read_parquet(tmp_path / "one" / "planted" / files[0])["subject_id"].equals(sample["subject_id"])
     test = study["labels"].join(study["splits"].filter(pl.col("split") == "test"), on="subject_id")
     assert sample.filter(pl.col("boolean_value")).height == int(test["boolean_value"].sum())
     assert sample["weight"].sum() == pytest.approx(test.height)
@@ -190,15 +195,9 @@ def test_inputs_stop_before_the_prediction_time(study):
     assert not set(budgets["subject_id"]) & set(data["stopping"]["subject_id"])
 
 
-def test_more_budget_seeds_than_the_cohort_sampled_is_an_error(study):
-    store = tok.TokenStore(study["store"])
-    with pytest.raises(ValueError, match="budget_seeds = 2, but .*planted.parquet holds 1"):
-        ft.task_data(store, study["cohort"], "planted", replace(CONFIG, budget_seeds=2), ROW_LEN)
-
-
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="finetune.max_epochs"):
         FinetuneConfig(max_epochs=0)
-    with pytest.raises(ValueError, match=r"finetune.test_negatives = 'all' must be an integer or null"):
-        build_section(FinetuneConfig, "finetune", {"test_negatives": "all"})
-    assert build_section(FinetuneConfig, "finetune", {"test_negatives": None}).test_negatives is None
+    with pytest.raises(ValueError, match=r"cohort.test_negatives = 'all' must be an integer or null"):
+        build_section(CohortParams, "cohort", {"test_negatives": "all"})
+    assert build_section(CohortParams, "cohort", {"test_negatives": None}).test_negatives is None

@@ -579,3 +579,15 @@ def test_static_sample_shards_are_nested(static_meds: Path) -> None:
         "data/train/1.parquet",
         "data/tuning/0.parquet",
     ]
+
+
+def test_layout_constants_are_the_meds_packages():
+    import meds
+
+    from claimsutil.meds.validate import REQUIRED_COLUMNS
+
+    layout = (meds.data_subdirectory, meds.code_metadata_filepath, meds.subject_splits_filepath)
+    assert (cm.DATA_DIR, cm.CODES_FILE, cm.SPLITS_FILE, cm.DATASET_FILE) == (*layout, meds.dataset_metadata_filepath)
+    assert (cm.BIRTH_CODE, cm.DEATH_CODE) == (meds.birth_code, meds.death_code)
+    assert cm.SPLIT_NAMES == (meds.train_split, meds.tuning_split, meds.held_out_split)
+    assert tuple(meds.DataSchema.required_columns()) == REQUIRED_COLUMNS

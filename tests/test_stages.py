@@ -11,7 +11,11 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -189,3 +193,26 @@ def test_notebooks_are_thin_and_committed_without_outputs(path):
         assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant), (
             f"{path.name}: the parameters cell holds only literal assignments"
         )
+
+
+def _path_without_the_venv() -> str:
+    venv_bin = str(Path(sys.executable).parent)
+    return os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
+
+
+def test_stage_commands_find_the_projects_environment(tmp_path):
+    """`dvc repro` from a shell without the venv activated: run-stage.sh uses the project's .venv, or says what
+    to do when there is none (instead of a ModuleNotFoundError inside a stage)."""
+    script = ROOT / "claimsutil" / "run-stage.sh"
+    env = {"PATH": _path_without_the_venv(), "HOME": os.environ.get("HOME", "/tmp")}
+    if (ROOT / ".venv" / "bin" / "python").is_file():
+        found = subprocess.run(["sh", str(script), "python", "-c", "import claimsutil.meds, sys; print(sys.prefix)"],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, check=False)  # fmt: skip
+        assert found.returncode == 0, found.stderr
+    elsewhere = tmp_path / "copy" / "claimsutil"
+    elsewhere.mkdir(parents=True)
+    shutil.copy(script, elsewhere / "run-stage.sh")  # a project without .venv, and no study on PATH
+    bare = {**env, "PATH": "/usr/bin:/bin"}
+    lost = subprocess.run(["sh", str(elsewhere / "run-stage.sh"), "python", "-c", "print(1)"], cwd=tmp_path,
+                          env=bare, capture_output=True, text=True, check=False)  # fmt: skip
+    assert lost.returncode == 2 and "make study" in lost.stderr and "source .venv/bin/activate" in lost.stderr

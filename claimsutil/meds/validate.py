@@ -13,7 +13,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import meds
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -82,6 +81,7 @@ CHECKS: dict[str, str] = {
 # What the study or `clean` does with each check that is not simply "fix the data".
 REPAIRABLE = ("before_birth", "after_death", "duplicate_rows", "after_data_end")
 
+REQUIRED_COLUMNS = ("subject_id", "time", "code")  # meds.DataSchema.required_columns() (a test keeps them equal)
 _ROW = "__meds_validate_row__"  # row index column; a name no real dataset uses
 _TIME_US = "__meds_validate_time_us__"  # the time as int64 microseconds: formattable at any year
 _STRING_TYPES = (pa.string(), pa.large_string())
@@ -269,6 +269,8 @@ def _check_dataset_json(root: Path, out: _Collector) -> None:
         detail = f"expected a JSON object, got {type(doc).__name__}"
         out.add("dataset_json", DATASET_FILE, None, None, None, detail)
         return
+    import meds  # the package's own schema of dataset.json (imported here: it is slow to import)
+
     for key, spec in meds.DatasetMetadataSchema.schema()["properties"].items():
         if key in doc and not _json_type_ok(doc[key], spec):
             expected = "a string" if spec["type"] == "string" else "a list of strings"
@@ -405,7 +407,7 @@ def _check_data_schema(schema: pa.Schema, rel: str, out: _Collector) -> bool:
         if n > 1:
             out.add("duplicate_column", rel, None, name, None, f"{n} columns are named {name} (names must be unique)")
             usable = False
-    for name in meds.DataSchema.required_columns():
+    for name in REQUIRED_COLUMNS:
         if name not in schema.names:
             out.add("missing_column", rel, None, name, None, "required column is missing")
             usable = False

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from claimsutil.config import CohortParams, SynthParams
-from claimsutil.metrics import evaluate, predictions_frame, write_predictions
+from claimsutil.config import CohortParams, EvaluationParams, SynthParams
+from claimsutil.metrics import evaluate, evaluate_on_sample, predictions_frame, write_predictions
 from claimsutil.synth.simulate import AcuteArrays, BlockSimulator, ConditionArrays, Replay, unpack_bits
 from claimsutil.synth.world import World, seed_sequence
 
@@ -150,12 +150,17 @@ def task_predictions(truth_dir: str | Path, cohorts: dict, splits: pl.DataFrame,
 
 
 def score_tasks(truth_dir: str | Path, cohorts: dict, splits: pl.DataFrame, params: CohortParams,
-                 out_dir: str | Path) -> dict[str, dict]:  # fmt: skip
-    """The oracle's test predictions of every task, written to OUT_DIR/<task>.parquet, and their metrics
-    (`metrics.evaluate`, params.n_resamples); {} without ground truth (user data)."""
+                out_dir: str | Path, samples: dict[str, dict],
+                evaluation: EvaluationParams) -> tuple[dict[str, dict], dict[str, dict]]:  # fmt: skip
+    """The oracle's predictions of every task's whole test split, written to OUT_DIR/<task>.parquet, and their
+    metrics on the task's evaluation sample (SAMPLES, `claimsutil.cohort.task_samples`: the number every model
+    gets) and on the whole test split (the check of the sample). ({}, {}) without ground truth (user data)."""
     predictions = task_predictions(truth_dir, cohorts, splits, params.oracle_replicates, params.seed)
-    out = {}
+    on_sample, whole = {}, {}
     for name, frame in predictions.items():
         write_predictions(frame, Path(out_dir) / f"{name}.parquet")
-        out[name] = evaluate(frame, n_resamples=params.n_resamples, seed=params.seed)
-    return out
+        sample = samples[name]["evaluation"]
+        how = {"n_resamples": evaluation.n_resamples, "seed": evaluation.seed, "alpha": evaluation.alpha}
+        on_sample[name] = evaluate_on_sample(frame, sample, **how)
+        whole[name] = evaluate(frame, **how)
+    return on_sample, whole
