@@ -88,27 +88,36 @@ def clean_dataset(src: str | Path, dst: str | Path, *, end: dt.datetime | None =
     _refuse_overlap(src, dst)
     window = data_window(src, end, tail_share)
     report = CleanReport(window)
-    staging = dst.with_name(dst.name + ".cleaning")
+
+    def write_shard(shard: Path, target: Path) -> None:
+        rel = shard.relative_to(src).as_posix()
+        df = pl.read_parquet(shard, hive_partitioning=False, glob=False)
+        reason = _repair_reason(df, window.end)
+        counts = dict(reason.drop_nulls().value_counts().iter_rows())
+        report.dropped[rel] = {r: int(counts.get(r, 0)) for r in REPAIRABLE}
+        kept = df.filter(reason.is_null())
+        report.rows_in, report.rows_out = report.rows_in + df.height, report.rows_out + kept.height
+        kept.write_parquet(target, compression="zstd")
+
+    _write_copy(src, dst, write_shard, ".cleaning")
+    return report
+
+
+def _write_copy(src: Path, dst: Path, write_shard, suffix: str) -> None:
+    """DST (replaced only when complete): WRITE_SHARD(shard, target) for every shard of SRC, and its metadata."""
+    staging = dst.with_name(dst.name + suffix)
     _remove(staging)
     try:
         for shard in shard_paths(src):
-            rel = shard.relative_to(src).as_posix()
-            df = pl.read_parquet(shard, hive_partitioning=False, glob=False)
-            reason = _repair_reason(df, window.end)
-            counts = dict(reason.drop_nulls().value_counts().iter_rows())
-            report.dropped[rel] = {r: int(counts.get(r, 0)) for r in REPAIRABLE}
-            report.rows_in += df.height
-            kept = df.filter(reason.is_null())
-            report.rows_out += kept.height
-            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            kept.write_parquet(staging / rel, compression="zstd")
+            target = staging / shard.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_shard(shard, target)
         if (src / "metadata").is_dir():
             shutil.copytree(src / "metadata", staging / "metadata")
         _swap_in(staging, dst)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return report
 
 
 # ---- import --------------------------------------------------------------------------------------
@@ -157,19 +166,7 @@ def import_dataset(
     _refuse_overlap(src, dst)
     report = validate_dataset(src, max_examples=max_examples, progress=progress, end=end, tail_share=tail_share)
     if report.ok:
-        staging = dst.with_name(dst.name + ".importing")
-        _remove(staging)
-        try:
-            for shard in shard_paths(src):
-                target = staging / shard.relative_to(src)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(shard, target)
-            if (src / "metadata").is_dir():
-                shutil.copytree(src / "metadata", staging / "metadata")
-            _swap_in(staging, dst)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        _write_copy(src, dst, shutil.copy2, ".importing")
         return report, None
     if on_invalid != "clean" or not report.repairable:
         hint = ""
