@@ -22,6 +22,7 @@ import polars as pl
 
 from claimsutil.config import CohortParams, EvaluationParams, SynthParams
 from claimsutil.metrics import evaluate, evaluate_on_sample, predictions_frame, write_predictions
+from claimsutil.synth import catalog
 from claimsutil.synth.simulate import AcuteArrays, BlockSimulator, ConditionArrays, Replay, unpack_bits
 from claimsutil.synth.world import World, seed_sequence
 
@@ -72,7 +73,12 @@ def _simulator(world: World, conds: ConditionArrays, acutes: AcuteArrays, rows: 
         "male": rep(rows["male"].to_numpy()),
         "hosp": rep(rows["hospital_index"].to_numpy()),
         "age0": rep(rows["age_at_start"].to_numpy()),
-        "latent": rep(rows.select("latent_metabolic", "latent_frailty", "latent_care_seeking").to_numpy()),
+        "latent": rep(rows.select(f"latent_{name}" for name in catalog.LATENTS).to_numpy()),
+    }
+    never = np.iinfo(np.int16).min
+    months = {
+        key: rep(rows.select(pl.col(f"{key}_{name}").fill_null(never) for name in catalog.CONDITION_NAMES).to_numpy())
+        for key in ("onset_month", "dx_month")
     }
     state = {
         "has": rep(unpack_bits(rows["has_bits"].to_numpy(), K)),
@@ -80,6 +86,8 @@ def _simulator(world: World, conds: ConditionArrays, acutes: AcuteArrays, rows: 
         "pending": rep(unpack_bits(rows["pending_bits"].to_numpy(), K)),
         "reg": rep(np.stack(rows["regimens"].to_numpy())),
         "last_zoster": rep(rows["zoster_month"].to_numpy()),
+        "onset": months["onset_month"],
+        "dx_month": months["dx_month"],
     }
     return BlockSimulator.from_state(world, conds, acutes, rng, traits, state, Replay(month))
 
