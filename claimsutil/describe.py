@@ -309,6 +309,168 @@ def top_codes(source: Events | str | Path, family: str, n: int = 20) -> pl.DataF
     )
 
 
+# --- breadth and structure of the codes --------------------------------------------------------
+
+# WHO ICD-10 chapters by their first category (codes sort as strings): the organ systems a reader can see.
+ICD10_CHAPTERS: tuple[tuple[str, str, str], ...] = (
+    ("A00", "I", "infections"), ("C00", "II", "neoplasms"), ("D50", "III", "blood, immune"),
+    ("E00", "IV", "endocrine, metabolic"), ("F00", "V", "mental"), ("G00", "VI", "nervous"), ("H00", "VII", "eye"),
+    ("H60", "VIII", "ear"), ("I00", "IX", "circulatory"), ("J00", "X", "respiratory"), ("K00", "XI", "digestive"),
+    ("L00", "XII", "skin"), ("M00", "XIII", "musculoskeletal"), ("N00", "XIV", "genitourinary"),
+    ("O00", "XV", "pregnancy"), ("P00", "XVI", "perinatal"), ("Q00", "XVII", "congenital"),
+    ("R00", "XVIII", "symptoms, findings"), ("S00", "XIX", "injury, poisoning"), ("U00", "XXII", "special"),
+    ("V01", "XX", "external causes"), ("Z00", "XXI", "health services"),
+)  # fmt: skip
+CHAPTER_ORDER = tuple(label for _, label, _ in ICD10_CHAPTERS)
+
+
+def chapter_expr(code: pl.Expr | None = None) -> pl.Expr:
+    """The ICD-10 chapter label ("IX circulatory") of an ICD10/ code; null for other families."""
+    code = pl.col("code") if code is None else code
+    category = code.str.strip_prefix("ICD10/").str.slice(0, 3).str.to_uppercase()
+    expr = pl.when(~code.str.starts_with("ICD10/")).then(pl.lit(None, pl.String))
+    for start, number, name in sorted(ICD10_CHAPTERS, reverse=True):
+        expr = expr.when(category >= start).then(pl.lit(f"{number} {name}"))
+    return expr.otherwise(pl.lit(None, pl.String))
+
+
+def code_frequencies(source: Events | str | Path, family: str = DIAGNOSIS_FAMILY) -> pl.DataFrame:
+    """Every code of FAMILY with its records (suspected ones included) and patients, most frequent first."""
+
+    def shard(lf: pl.LazyFrame) -> pl.LazyFrame:
+        return (
+            lf.filter(FAMILY == family)
+            .group_by("code")
+            .agg(records=pl.len().cast(pl.Int64), patients=pl.col("subject_id").n_unique().cast(pl.Int64))
+        )
+
+    parts = _per_shard(source, shard)
+    return parts.group_by("code").agg(pl.col("records", "patients").sum()).sort("records", "code", descending=[True, False])
+
+
+def zipf_summary(frequencies: pl.DataFrame, min_patients: int = 5, top: int = 50) -> dict[str, float]:
+    """How long-tailed the codes are: codes, codes with at least MIN_PATIENTS patients, the share of records
+    of the TOP most frequent codes, and the Zipf exponent s of records ~ rank^-s (least squares on log
+    records against log rank, over the codes with at least MIN_PATIENTS patients)."""
+    import numpy as np
+
+    kept = frequencies.filter(pl.col("patients") >= min_patients)["records"].to_numpy().astype(float)
+    records = frequencies["records"].to_numpy().astype(float)
+    exponent = float("nan")
+    if len(kept) >= 3:
+        rank = np.arange(1, len(kept) + 1)
+        exponent = float(-np.polyfit(np.log(rank), np.log(kept), 1)[0])
+    return {
+        "codes": int(len(records)),
+        f"codes_with_{min_patients}_patients": int(len(kept)),
+        f"top_{top}_share_of_records": float(records[:top].sum() / records.sum()) if len(records) else float("nan"),
+        "zipf_exponent": exponent,
+    }
+
+
+def _distribution(values: pl.DataFrame, column: str) -> dict[str, float]:
+    """mean, median and p95 of COLUMN from a (COLUMN, n) value-count table."""
+    values = values.group_by(column).agg(pl.col("n").sum()).sort(column)
+    v, n = values[column].to_list(), values["n"].to_list()
+    if not n:
+        return {"mean": float("nan"), "median": float("nan"), "p95": float("nan")}
+    mean = sum(a * b for a, b in zip(v, n, strict=True)) / sum(n)
+    return {"mean": mean, "median": _quantile_from_counts(v, n, 0.5), "p95": _quantile_from_counts(v, n, 0.95)}
+
+
+def receipt_contents(source: Events | str | Path) -> pl.DataFrame:
+    """Diagnoses and drugs per receipt (a patient's records on one day): family, mean, median, p95."""
+
+    def shard(lf: pl.LazyFrame) -> pl.LazyFrame:
+        per = (
+            lf.filter(pl.col("time").is_not_null() & FAMILY.is_in([DIAGNOSIS_FAMILY, DRUG_FAMILY]))
+            .group_by("subject_id", "time")
+            .agg(diagnosis=(FAMILY == DIAGNOSIS_FAMILY).sum(), drug=(FAMILY == DRUG_FAMILY).sum())
+        )
+        return per.unpivot(["diagnosis", "drug"], variable_name="family", value_name="per_receipt").group_by(
+            "family", "per_receipt"
+        ).agg(n=pl.len())
+
+    parts = _per_shard(source, shard)
+    rows = [
+        {"family": f, **_distribution(parts.filter(pl.col("family") == f), "per_receipt")} for f in ("diagnosis", "drug")
+    ]
+    return pl.DataFrame(rows)
+
+
+def distinct_codes(source: Events | str | Path) -> pl.DataFrame:
+    """Distinct diagnosis and drug codes per patient-year (calendar years with a receipt) and per patient
+    (the whole history): unit, mean, median, p95."""
+
+    def shard(lf: pl.LazyFrame) -> pl.LazyFrame:
+        clinical = lf.filter(pl.col("time").is_not_null() & FAMILY.is_in([DIAGNOSIS_FAMILY, DRUG_FAMILY]))
+        per_year = clinical.group_by("subject_id", pl.col("time").dt.year()).agg(k=pl.col("code").n_unique())
+        per_patient = clinical.group_by("subject_id").agg(k=pl.col("code").n_unique())
+        return pl.concat(
+            [
+                per_year.group_by("k").agg(n=pl.len()).with_columns(unit=pl.lit("patient-year")),
+                per_patient.group_by("k").agg(n=pl.len()).with_columns(unit=pl.lit("patient")),
+            ]
+        )
+
+    parts = _per_shard(source, shard)
+    return pl.DataFrame([{"unit": u, **_distribution(parts.filter(pl.col("unit") == u), "k")} for u in ("patient-year", "patient")])
+
+
+def chapter_correlations(source: Events | str | Path) -> pl.DataFrame:
+    """Pearson correlations, over patients with a diagnosis, between the numbers of distinct diagnosis codes
+    (log(1 + n)) they have in each ICD-10 chapter: chapter, then one column per chapter (chapters without
+    codes left out). Codes of one organ system travel together in real claims; independent noise would show
+    correlations near zero (all are raised a little by age and by how often a patient sees a doctor)."""
+    import numpy as np
+
+    labels = [f"{number} {name}" for _, number, name in ICD10_CHAPTERS]
+    column = {label: i for i, label in enumerate(labels)}
+    n, s1, s2 = 0, np.zeros(len(labels)), np.zeros((len(labels), len(labels)))
+    events = open_events(source)
+    for path in tqdm(events.paths, desc="shards", unit="shard", disable=None):
+        long = (
+            events.scan(path)
+            .filter(FAMILY == DIAGNOSIS_FAMILY)
+            .with_columns(chapter=chapter_expr())
+            .drop_nulls("chapter")
+            .group_by("subject_id", "chapter")
+            .agg(k=pl.col("code").n_unique())
+            .with_columns(row=pl.col("subject_id").rank("dense") - 1)
+            .collect()
+        )
+        if long.is_empty():
+            continue
+        x = np.zeros((int(long["row"].max()) + 1, len(labels)))
+        x[long["row"].to_numpy(), [column[c] for c in long["chapter"].to_list()]] = np.log1p(long["k"].to_numpy())
+        n, s1, s2 = n + len(x), s1 + x.sum(axis=0), s2 + x.T @ x
+    mean = s1 / max(n, 1)
+    cov = s2 / max(n, 1) - np.outer(mean, mean)
+    keep = np.nonzero(np.diag(cov) > 1e-12)[0] if n > 1 else np.array([], dtype=int)
+    sd = np.sqrt(np.diag(cov)[keep])
+    corr = cov[np.ix_(keep, keep)] / np.outer(sd, sd)
+    names = [labels[i] for i in keep]
+    return pl.DataFrame({"chapter": names, **{name: corr[:, j] for j, name in enumerate(names)}})
+
+
+def plot_chapter_correlations(corr: pl.DataFrame) -> Figure:
+    """Heat map of `chapter_correlations` (the colour scale ends at the largest off-diagonal value)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = corr["chapter"].to_list()
+    values = corr.drop("chapter").to_numpy()
+    fig, ax = plt.subplots(figsize=(8.5, 7.5))
+    off_diagonal = values[~np.eye(len(values), dtype=bool)]
+    image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=max(0.3, float(off_diagonal.max(initial=0.0))))
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    fig.colorbar(image, ax=ax, label="correlation of log(1 + distinct codes) per patient")
+    ax.set_title("Which chapters' codes travel together")
+    fig.tight_layout()
+    return fig
+
+
 # --- prevalence ------------------------------------------------------------------------------
 
 

