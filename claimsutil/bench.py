@@ -3,6 +3,7 @@
     python -m claimsutil.bench synth [--patients 100000] [--workers 2]
     python -m claimsutil.bench features [--patients 100000] [--meds DIR]
     python -m claimsutil.bench pretrain [--profile demo --scale xl --seconds 20 --threads 2]  (needs the bench extra)
+    python -m claimsutil.bench probe [--scales m,l,xl --seeds 1,2 --steps 600 --tokens-per-step 4096]
 
 The last line of each subcommand is machine-readable, e.g. `events_per_s=1234567 peak_rss_mib=812`.
 Peak RSS is sampled over the whole process tree (the parent and its worker processes together).
@@ -371,6 +372,65 @@ def bench_pretrain(args: argparse.Namespace) -> str:
     return f"speedup_vs_hf={results['ours'] / results['hf']:.2f} mfu={achieved / peak:.4f} padding={padding:.4f}"
 
 
+def _probe_run(job: tuple) -> dict:
+    """One probe pretraining run (in a worker process, one thread)."""
+    from claimsutil.model import config_for
+    from claimsutil.splits import read_splits, subject_ids
+    from claimsutil.tokenize import TokenStore
+    from claimsutil.train.loop import pretrain
+
+    scale, seed, config, store_dir, splits_dir, out = job
+    store = TokenStore(store_dir)
+    splits = read_splits(splits_dir)
+    model = config_for(config.profile, scale, vocab_size=len(store.vocab.tokens), max_len=store.config.max_len)
+    train, validation = subject_ids(splits, ("train",)), subject_ids(splits, ("validation",))
+    return pretrain(store_dir, train, model, config, out, validation,
+                    resume=False, progress=False)  # fmt: skip
+
+
+def bench_probe(args: argparse.Namespace) -> str:
+    """Does the world hold more than a small model can learn? The same token budget for several scales, two
+    seeds each: validation loss per family, the mean per scale and the seed-to-seed difference (the noise)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from claimsutil.config import load_params, root_path
+    from claimsutil.tokenize import read_frequency_baseline
+
+    params = load_params(root_path(args.params))
+    scales, seeds = args.scales.split(","), [int(s) for s in args.seeds.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="claimsutil-probe-"))
+    jobs = []
+    for scale in scales:
+        for seed in seeds:
+            config = dataclasses.replace(
+                params.pretrain_for(scale), seed=seed, tokens_per_step=args.tokens_per_step,
+                micro_tokens=args.tokens_per_step, max_steps=args.steps, processes=1, num_threads=1, device="cpu",
+                eval_every=args.steps, checkpoint_every=args.steps, bf16=False,
+            )  # fmt: skip
+            jobs.append((scale, seed, config, args.store, args.splits, str(work / f"{scale}-{seed}")))
+    print(
+        f"{len(jobs)} runs of {args.steps} steps x {args.tokens_per_step} tokens, {args.workers} at a time", flush=True
+    )
+    try:
+        with ProcessPoolExecutor(args.workers, mp_context=__import__("multiprocessing").get_context("spawn")) as pool:
+            results = list(pool.map(_probe_run, jobs))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    baseline = read_frequency_baseline(args.store)
+    print("frequency baseline: " + " ".join(f"{f}={v['cross_entropy']:.3f}" for f, v in baseline.items()))
+    summary = []
+    for scale in scales:
+        runs = [r for (s, *_), r in zip(jobs, results, strict=True) if s == scale]
+        total = [r["final_val_loss"]["total"] for r in runs]
+        for (s, seed, *_), r in zip(jobs, results, strict=True):
+            if s == scale:
+                v = r["final_val_loss"]
+                print(f"{scale} seed={seed} params={r['parameters_non_embedding']:,} total={v['total']:.4f} "
+                      f"diagnosis={v['diagnosis']:.4f} drug={v['drug']:.4f} wall_s={r['wall_time_s']:.0f}")  # fmt: skip
+        summary.append(f"{scale}={sum(total) / len(total):.4f}+-{(max(total) - min(total)) / 2:.4f}")
+    return "probe_total_loss " + " ".join(summary)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m claimsutil.bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -401,8 +461,17 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--warmup", type=int, default=3, help="untimed steps per model")
     pre.add_argument("--bf16", choices=["true", "false"], default="true", help="bf16 autocast for both models")
     pre.add_argument("--op-table", action="store_true", help="also print torch.profiler's top ops per model")
+    probe = sub.add_parser("probe", help="room to learn: validation loss of several scales on one token budget")
+    probe.add_argument("--store", default="data/tokens")
+    probe.add_argument("--splits", default="data/splits")
+    probe.add_argument("--params", default="params.yaml", help="pretrain and scales sections (learning rates)")
+    probe.add_argument("--scales", default="m,l,xl")
+    probe.add_argument("--seeds", default="1,2")
+    probe.add_argument("--steps", type=int, default=600)
+    probe.add_argument("--tokens-per-step", type=int, default=4096)
+    probe.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="runs at a time (one thread each)")
     args = parser.parse_args(argv)
-    commands = {"synth": bench_synth, "features": bench_features, "pretrain": bench_pretrain}
+    commands = {"synth": bench_synth, "features": bench_features, "pretrain": bench_pretrain, "probe": bench_probe}
     line = commands[args.command](args)
     print(line)
     return 0

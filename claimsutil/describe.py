@@ -345,7 +345,11 @@ def code_frequencies(source: Events | str | Path, family: str = DIAGNOSIS_FAMILY
         )
 
     parts = _per_shard(source, shard)
-    return parts.group_by("code").agg(pl.col("records", "patients").sum()).sort("records", "code", descending=[True, False])
+    return (
+        parts.group_by("code")
+        .agg(pl.col("records", "patients").sum())
+        .sort("records", "code", descending=[True, False])
+    )
 
 
 def zipf_summary(frequencies: pl.DataFrame, min_patients: int = 5, top: int = 50) -> dict[str, float]:
@@ -387,13 +391,16 @@ def receipt_contents(source: Events | str | Path) -> pl.DataFrame:
             .group_by("subject_id", "time")
             .agg(diagnosis=(FAMILY == DIAGNOSIS_FAMILY).sum(), drug=(FAMILY == DRUG_FAMILY).sum())
         )
-        return per.unpivot(["diagnosis", "drug"], variable_name="family", value_name="per_receipt").group_by(
-            "family", "per_receipt"
-        ).agg(n=pl.len())
+        return (
+            per.unpivot(["diagnosis", "drug"], variable_name="family", value_name="per_receipt")
+            .group_by("family", "per_receipt")
+            .agg(n=pl.len())
+        )
 
     parts = _per_shard(source, shard)
     rows = [
-        {"family": f, **_distribution(parts.filter(pl.col("family") == f), "per_receipt")} for f in ("diagnosis", "drug")
+        {"family": f, **_distribution(parts.filter(pl.col("family") == f), "per_receipt")}
+        for f in ("diagnosis", "drug")
     ]
     return pl.DataFrame(rows)
 
@@ -414,7 +421,9 @@ def distinct_codes(source: Events | str | Path) -> pl.DataFrame:
         )
 
     parts = _per_shard(source, shard)
-    return pl.DataFrame([{"unit": u, **_distribution(parts.filter(pl.col("unit") == u), "k")} for u in ("patient-year", "patient")])
+    return pl.DataFrame(
+        [{"unit": u, **_distribution(parts.filter(pl.col("unit") == u), "k")} for u in ("patient-year", "patient")]
+    )
 
 
 def chapter_correlations(source: Events | str | Path) -> pl.DataFrame:

