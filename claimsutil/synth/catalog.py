@@ -229,17 +229,17 @@ CONDITIONS: tuple[Condition, ...] = (
         ),
     ),
     Condition(
-        "diabetic_nephropathy", "E11.2", rate=0.008, age_slope=0.20, metabolic=0.20, systems={"renal": 0.45},
+        "diabetic_nephropathy", "E11.2", rate=0.0012, age_slope=0.20, metabolic=0.20, systems={"renal": 0.45},
         requires="diabetes", duration_slope=0.07, parents={"hypertension": 0.40},
         detect=0.15, suspect=0.0, suspect_before=0.10, prior_dx=0.5,
     ),
     Condition(
-        "diabetic_retinopathy", "E11.3", rate=0.010, age_slope=0.10, metabolic=0.20, systems={"sensory": 0.40},
+        "diabetic_retinopathy", "E11.3", rate=0.0015, age_slope=0.10, metabolic=0.20, systems={"sensory": 0.40},
         requires="diabetes", duration_slope=0.08, parents={"hypertension": 0.30},
         detect=0.20, suspect=0.0, suspect_before=0.10, prior_dx=0.6,
     ),
     Condition(
-        "diabetic_neuropathy", "E11.4", rate=0.022, age_slope=0.20, metabolic=0.30, requires="diabetes",
+        "diabetic_neuropathy", "E11.4", rate=0.005, age_slope=0.20, metabolic=0.30, requires="diabetes",
         duration_slope=0.05, systems={"neurological": 0.30},
         detect=0.20, symptomatic=0.05, suspect=0.0, suspect_before=0.10, prior_dx=0.6,
         regimen=Regimen(
@@ -313,9 +313,9 @@ CONDITIONS: tuple[Condition, ...] = (
         ),
     ),
     Condition(
-        "myocardial_infarction", "I21.9", later_icd="I25.2", rate=0.0006, age_slope=0.60, male=0.80,
-        metabolic=0.35, systems={"cardiovascular": 0.55},
-        parents={"hypertension": 0.50, "diabetes": 0.60, "dyslipidemia": 0.50, "ckd": 0.40, "angina": 1.00},
+        "myocardial_infarction", "I21.9", later_icd="I25.2", rate=0.00020, age_slope=0.55, male=0.80,
+        metabolic=0.30, systems={"cardiovascular": 0.45},
+        parents={"hypertension": 0.40, "diabetes": 0.50, "dyslipidemia": 0.40, "ckd": 0.30, "angina": 0.80},
         detect=0.9, symptomatic=0.8, suspect=0.003, suspect_before=0.05, prior_dx=0.95, death=0.6,
         regimen=Regimen(
             first=("aspirin_low",), first_weights=(1.0,),
@@ -324,7 +324,7 @@ CONDITIONS: tuple[Condition, ...] = (
         ),
     ),
     Condition(
-        "copd", "J44.9", rate=0.0012, age_slope=0.60, male=1.20, frailty=0.20, systems={"respiratory": 0.60},
+        "copd", "J44.9", rate=0.0005, age_slope=0.60, male=1.20, frailty=0.20, systems={"respiratory": 0.60},
         detect=0.3, symptomatic=0.1, suspect=0.01, prior_dx=0.6, death=0.5,
         regimen=Regimen(
             first=("tiotropium", "fluticasone_salmeterol"), first_weights=(1.5, 1.0),
