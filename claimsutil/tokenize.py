@@ -679,6 +679,18 @@ def read_frequency_baseline(store_dir: str | Path) -> dict[str, dict[str, float]
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def store_summary(store_dir: str | Path) -> dict[str, Any] | None:
+    """What the data report shows of a token store: vocabulary by family, tokens per patient and the
+    frequency baseline; None where there is no store yet (a dataset described before it is tokenized)."""
+    if not (Path(store_dir) / "offsets.npy").is_file():
+        return None
+    store = TokenStore(store_dir)
+    lengths = {k: store.stats[k] for k in ("length_mean", "length_median", "length_p95", "share_longer_than_max_len")}
+    baseline = read_frequency_baseline(store_dir) if (Path(store_dir) / FREQUENCY_BASELINE_FILE).is_file() else {}
+    return {"vocabulary": vocabulary_families(store.vocab), "lengths": lengths | {"max_len": store.config.max_len},
+            "baseline": baseline}  # fmt: skip
+
+
 def frequency_baseline_table(baseline: dict[str, dict[str, float]]) -> pl.DataFrame:
     """`frequency_baseline` as a table: family, codes, tokens, cross_entropy, perplexity."""
     rows = [{"family": f, "codes": v["codes"], "tokens": v["tokens"], "cross_entropy": v["cross_entropy"],

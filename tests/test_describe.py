@@ -214,6 +214,56 @@ def test_top_codes(meds_root: Path, bare_root: Path) -> None:
     assert describe.top_codes(meds_root, "procedure", n=5).is_empty()
 
 
+def test_chapter_of_a_code() -> None:
+    codes = ["ICD10/I10", "ICD10/E11.9", "ICD10/H59.0", "ICD10/H65", "ICD10/D48", "ICD10/D50", "ICD10/V01",
+             "ICD10/U07.1", "ICD10/z99.2", "YJ/2171022F1053", "MEDS_BIRTH"]  # fmt: skip
+    chapters = pl.DataFrame({"code": codes}).select(chapter=describe.chapter_expr())["chapter"].to_list()
+    assert chapters == [
+        "IX circulatory",
+        "IV endocrine, metabolic",
+        "VII eye",
+        "VIII ear",
+        "II neoplasms",
+        "III blood, immune",
+        "XX external causes",
+        "XXII special",
+        "XXI health services",
+        None,
+        None,
+    ]
+
+
+def test_breadth_receipts_and_distinct_codes(meds_root: Path) -> None:
+    frequencies = describe.code_frequencies(meds_root)
+    assert frequencies.row(0, named=True) == {"code": "ICD10/I10", "records": 9, "patients": 4}
+    assert frequencies.height == 8 and frequencies["records"].sum() == 18
+    breadth = describe.zipf_summary(frequencies, min_patients=1, top=2)
+    assert breadth["codes"] == 8 and breadth["codes_with_1_patients"] == 8
+    assert breadth["top_2_share_of_records"] == pytest.approx(11 / 18)  # I10 9, then E11.9 or E78.5 2
+    assert breadth["zipf_exponent"] > 0
+    receipts = {r["family"]: r for r in describe.receipt_contents(meds_root).iter_rows(named=True)}
+    assert receipts["diagnosis"]["mean"] == pytest.approx(18 / 13) and receipts["diagnosis"]["median"] == 1
+    assert receipts["drug"]["mean"] == pytest.approx(9 / 13) and receipts["drug"]["median"] == 1
+    distinct = {r["unit"]: r for r in describe.distinct_codes(meds_root).iter_rows(named=True)}
+    assert distinct["patient"]["mean"] == pytest.approx(3.0) and distinct["patient"]["median"] == 3.5
+    assert distinct["patient-year"]["mean"] == pytest.approx(24 / 11) and distinct["patient-year"]["median"] == 2
+
+
+def test_chapter_correlations(meds_root: Path) -> None:
+    import numpy as np
+
+    corr = describe.chapter_correlations(meds_root)
+    names = corr["chapter"].to_list()
+    assert names == ["IV endocrine, metabolic", "IX circulatory", "X respiratory", "XIII musculoskeletal",
+                     "XIV genitourinary"]  # fmt: skip
+    values = corr.drop("chapter").to_numpy()
+    assert np.allclose(values, values.T) and np.allclose(np.diag(values), 1.0)
+    # Patients 1-6: distinct circulatory codes 1, 1, 1, 3, 0, 0; endocrine 1, 0, 0, 0, 1, 0.
+    expected = np.corrcoef(np.log1p([1, 1, 1, 3, 0, 0]), np.log1p([1, 0, 0, 0, 1, 0]))[0, 1]
+    assert values[0, 1] == pytest.approx(expected)
+    assert describe.plot_chapter_correlations(corr) is not None
+
+
 def _cell(table: pl.DataFrame, condition: str, age_band: str, sex: str) -> tuple:
     row = table.filter((pl.col("condition") == condition) & (pl.col("age_band") == age_band) & (pl.col("sex") == sex))
     assert row.height == 1, (condition, age_band, sex)
@@ -412,7 +462,7 @@ def _run_notebook(meds: Path, out: Path, executed: Path) -> None:
     papermill.execute_notebook(
         str(NOTEBOOK),
         str(executed),
-        parameters={"meds_dir": str(meds), "out_dir": str(out)},
+        parameters={"meds_dir": str(meds), "out_dir": str(out), "tokens_dir": str(out / "no_tokens")},
         kernel_name="claimsutil",
         progress_bar=False,
     )
@@ -462,6 +512,7 @@ def test_committed_notebook_is_clean() -> None:
     exec(code_cells[0].source, {}, parameters)  # literals only
     assert parameters == {
         "meds_dir": "data/meds",
+        "tokens_dir": "data/tokens",
         "out_dir": "reports/data",
         "params_file": "params.yaml",
     }

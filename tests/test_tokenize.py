@@ -273,6 +273,33 @@ def test_repeats_policies_on_synthetic_data(synth) -> None:
 # --- reading -------------------------------------------------------------------------------------------------
 
 
+def test_frequency_baseline(synth, tmp_path: Path) -> None:
+    """Per family: the cross-entropy of the fit patients' code shares on the evaluation patients' tokens."""
+    root, splits = synth
+    config = tok.TokenizeConfig()
+    vocab = tok.build_vocabulary(root, pretrain_ids(splits), config)
+    tok.build_store(root, vocab, tmp_path / "tokens", config)
+    store = tok.TokenStore(tmp_path / "tokens")
+    fit = splits.filter(pl.col("split") == "train")["subject_id"].to_numpy()
+    held = splits.filter(pl.col("split") == "validation")["subject_id"].to_numpy()
+    baseline = tok.frequency_baseline(store, fit, held)
+    frame = store_frame(store).with_columns(family=pl.col("token").map_elements(tok.token_family, pl.String))
+    for family in ("diagnosis", "drug"):
+        rows = frame.filter(pl.col("family") == family)
+        counts = rows.filter(pl.col("subject_id").is_in(fit.tolist()))["token"].value_counts()
+        p = dict(zip(counts["token"], counts["count"] / counts["count"].sum(), strict=True))
+        tokens = rows.filter(pl.col("subject_id").is_in(held.tolist()))["token"].to_list()
+        assert all(t in p for t in tokens)  # every validation token has a training count here
+        expected = -np.mean([np.log(p[t]) for t in tokens])
+        assert baseline[family]["cross_entropy"] == pytest.approx(expected)
+        assert baseline[family]["tokens"] == len(tokens) > 100
+    assert 0 < baseline["drug"]["cross_entropy"] < np.log(baseline["drug"]["codes"])  # better than uniform
+    tok.write_frequency_baseline(baseline, tmp_path / "tokens")
+    summary = tok.store_summary(tmp_path / "tokens")
+    assert summary["baseline"] == baseline and summary["lengths"]["max_len"] == config.max_len
+    assert tok.store_summary(tmp_path / "nothing") is None
+
+
 def test_cut_at_prediction_time(hand) -> None:
     _, store = hand
     i = store.index_of(1)
