@@ -218,13 +218,16 @@ class ClaimsEncoder(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def get_num_params(self, non_embedding: bool = True) -> int:
-        """Parameters; non_embedding leaves out the token, position, age and visit embeddings (the usual count
-        for scaling laws: lookups cost no FLOPs and grow with the vocabulary and length, not the model)."""
+        """Parameters; non_embedding leaves out the token, position, age and visit embeddings and the
+        vocabulary-sized output heads (the usual count for scaling laws, as in Kaplan et al. 2020, whose output
+        projection is the tied embedding: these grow with the vocabulary and length, not with the model; on a
+        claims vocabulary of thousands of codes they would otherwise be most of a small model)."""
         n_params = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n_params -= self.wte.weight.numel() + self.wpe.weight.numel()
             n_params -= sum(p.numel() for p in self.age_encoding.parameters())
             n_params -= self.wve.weight.numel() if self.wve is not None else 0
+            n_params -= self.head_params()
         return n_params
 
     def encode(
@@ -304,10 +307,15 @@ class ClaimsEncoder(nn.Module):
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token, as in nanoGPT: 6N for the matmuls (forward + backward) plus 12 L C T for
-        attention scores. N counts the heads as if they ran at every position, a slight overestimate."""
+        attention scores. N is the non-embedding count plus the output heads, counted as if they ran at every
+        position (they run at the masked ones only): an overestimate that grows with the vocabulary."""
         cfg = self.config
         T = seq_len or cfg.max_len
-        return 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_embd * T
+        return 6 * (self.get_num_params() + self.head_params()) + 12 * cfg.n_layer * cfg.n_embd * T
+
+    def head_params(self) -> int:
+        """Parameters of the vocabulary-sized output heads (diagnosis and drug)."""
+        return sum(p.numel() for h in (self.diagnosis_head, self.drug_head) for p in h.parameters())
 
     def estimate_mfu(self, tokens_per_iter: int, dt: float, seq_len: int | None = None, peak_flops=312e12) -> float:
         """Model FLOPs utilisation: achieved FLOP/s over the device's peak (default A100 bf16, 312 TFLOP/s;
