@@ -22,6 +22,8 @@ from pathlib import Path
 
 import psutil
 
+from claimsutil.config import PretrainConfig
+
 
 class PeakRSS:
     """Samples the summed resident memory of this process and its children until stopped."""
@@ -372,25 +374,47 @@ def bench_pretrain(args: argparse.Namespace) -> str:
     return f"speedup_vs_hf={results['ours'] / results['hf']:.2f} mfu={achieved / peak:.4f} padding={padding:.4f}"
 
 
+def probe_evaluate(model_dir: str | Path, store_dir: str, splits_dir: str, eval_tokens: int, seed: int = 0) -> dict:
+    """Validation loss per family of the model in MODEL_DIR on one fixed sample (SEED: which validation
+    patients, up to EVAL_TOKENS real tokens, and which of their codes are masked), the same for every scale
+    and run seed: the seed-to-seed differences are then the training's, not the sample's."""
+    import torch
+
+    from claimsutil.model import ClaimsEncoder, ModelConfig
+    from claimsutil.splits import read_splits, subject_ids
+    from claimsutil.tokenize import TokenStore
+    from claimsutil.train.loop import _store_indices, evaluate, validation_batches
+
+    saved = torch.load(Path(model_dir) / "model.pt", map_location="cpu", weights_only=False)
+    config = ModelConfig(**saved["model_config"])
+    store = TokenStore(store_dir)
+    model = ClaimsEncoder(config, torch.as_tensor(store.vocab.family_ids))
+    model.load_state_dict(saved["model"])
+    indices = _store_indices(store, subject_ids(read_splits(splits_dir), ("validation",)))
+    sample = dataclasses.replace(PretrainConfig(), seed=seed, eval_tokens=eval_tokens)
+    return evaluate(model, validation_batches(store, indices, model, config.max_len, sample), "cpu", False)
+
+
 def _probe_run(job: tuple) -> dict:
-    """One probe pretraining run (in a worker process, one thread)."""
+    """One probe pretraining run (in a worker process, one thread), scored on the common sample."""
     from claimsutil.model import config_for
     from claimsutil.splits import read_splits, subject_ids
     from claimsutil.tokenize import TokenStore
     from claimsutil.train.loop import pretrain
 
-    scale, seed, config, store_dir, splits_dir, out = job
+    scale, seed, config, store_dir, splits_dir, out, eval_tokens = job
     store = TokenStore(store_dir)
     splits = read_splits(splits_dir)
     model = config_for(config.profile, scale, vocab_size=len(store.vocab.tokens), max_len=store.config.max_len)
     train, validation = subject_ids(splits, ("train",)), subject_ids(splits, ("validation",))
-    return pretrain(store_dir, train, model, config, out, validation,
-                    resume=False, progress=False)  # fmt: skip
+    result = pretrain(store_dir, train, model, config, out, validation, resume=False, progress=False)
+    return result | {"common_sample_loss": probe_evaluate(out, store_dir, splits_dir, eval_tokens)}
 
 
 def bench_probe(args: argparse.Namespace) -> str:
     """Does the world hold more than a small model can learn? The same token budget for several scales, two
-    seeds each: validation loss per family, the mean per scale and the seed-to-seed difference (the noise)."""
+    seeds each: validation loss per family on one common validation sample, the mean per scale and half the
+    seed-to-seed difference (the training noise)."""
     from concurrent.futures import ProcessPoolExecutor
 
     from claimsutil.config import load_params, root_path
@@ -403,11 +427,12 @@ def bench_probe(args: argparse.Namespace) -> str:
     for scale in scales:
         for seed in seeds:
             config = dataclasses.replace(
-                params.pretrain_for(scale), seed=seed, tokens_per_step=args.tokens_per_step,
+                params.pretrain_for(scale), **({"lr": args.lr} if args.lr else {}), seed=seed,
+                tokens_per_step=args.tokens_per_step,
                 micro_tokens=args.tokens_per_step, max_steps=args.steps, processes=1, num_threads=1, device="cpu",
                 eval_every=args.steps, checkpoint_every=args.steps, bf16=False,
             )  # fmt: skip
-            jobs.append((scale, seed, config, args.store, args.splits, str(work / f"{scale}-{seed}")))
+            jobs.append((scale, seed, config, args.store, args.splits, str(work / f"{scale}-{seed}"), args.eval_tokens))
     print(
         f"{len(jobs)} runs of {args.steps} steps x {args.tokens_per_step} tokens, {args.workers} at a time", flush=True
     )
@@ -421,10 +446,10 @@ def bench_probe(args: argparse.Namespace) -> str:
     summary = []
     for scale in scales:
         runs = [r for (s, *_), r in zip(jobs, results, strict=True) if s == scale]
-        total = [r["final_val_loss"]["total"] for r in runs]
+        total = [r["common_sample_loss"]["total"] for r in runs]
         for (s, seed, *_), r in zip(jobs, results, strict=True):
             if s == scale:
-                v = r["final_val_loss"]
+                v = r["common_sample_loss"]
                 print(f"{scale} seed={seed} params={r['parameters_non_embedding']:,} total={v['total']:.4f} "
                       f"diagnosis={v['diagnosis']:.4f} drug={v['drug']:.4f} wall_s={r['wall_time_s']:.0f}")  # fmt: skip
         summary.append(f"{scale}={sum(total) / len(total):.4f}+-{(max(total) - min(total)) / 2:.4f}")
@@ -470,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--steps", type=int, default=600)
     probe.add_argument("--tokens-per-step", type=int, default=4096)
     probe.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="runs at a time (one thread each)")
+    probe.add_argument("--lr", type=float, default=None, help="one peak learning rate, every scale")
+    probe.add_argument("--eval-tokens", type=int, default=262_144, help="real tokens of the common validation sample")
     args = parser.parse_args(argv)
     commands = {"synth": bench_synth, "features": bench_features, "pretrain": bench_pretrain, "probe": bench_probe}
     line = commands[args.command](args)
