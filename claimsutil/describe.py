@@ -289,21 +289,7 @@ def code_descriptions(root: str | Path) -> pl.DataFrame:
 def top_codes(source: Events | str | Path, family: str, n: int = 20) -> pl.DataFrame:
     """The N most frequent codes of FAMILY (by events): code, description, events, patients."""
     events = open_events(source)
-
-    def shard(lf: pl.LazyFrame) -> pl.LazyFrame:
-        return (
-            lf.filter(FAMILY == family)
-            .group_by("code")
-            .agg(events=pl.len().cast(pl.Int64), patients=pl.col("subject_id").n_unique().cast(pl.Int64))
-        )
-
-    parts = _per_shard(events, shard)
-    top = (
-        parts.group_by("code")
-        .agg(pl.col("events", "patients").sum())
-        .sort("events", "code", descending=[True, False])
-        .head(n)
-    )
+    top = code_frequencies(events, family).head(n).rename({"records": "events"})
     return top.join(code_descriptions(events.root), on="code", how="left", maintain_order="left").select(
         "code", "description", "events", "patients"
     )
