@@ -32,6 +32,7 @@ import claimsutil
 from claimsutil.config import SynthParams
 from claimsutil.meds import CERTAINTY_COLUMN, CODES_FILE, DATA_DIR, DATASET_FILE, SPLITS_FILE, SUSPECTED
 from claimsutil.synth import catalog
+from claimsutil.synth import tail as tail_catalog
 from claimsutil.synth.simulate import NULL_DAY, AcuteArrays, BlockOutput, BlockSimulator, ConditionArrays
 from claimsutil.synth.world import END_REASONS, World
 
@@ -111,6 +112,18 @@ def _truth_tables(world: World, out: BlockOutput) -> tuple[pa.Table, pa.Table]:
     return pa.table(cols), pa.table(arrays)
 
 
+def _tail_history_table(world: World, out: BlockOutput) -> pa.Table:
+    """The confirmed tail categories entering each patient's history (subject, month, ICD-10 category)."""
+    log = out.tail_history
+    first = np.datetime64(world.start.isoformat(), "M")
+    names = pa.array([c.code for c in tail_catalog.categories()], pa.string())
+    return pa.table({
+        "subject_id": pa.array(log["subject_id"], pa.int64()),
+        "month": pa.array((first + log["month"].astype(np.int64)).astype("datetime64[D]")),
+        "category": pa.DictionaryArray.from_arrays(pa.array(log["category"], pa.int16()), names).cast(pa.string()),
+    })
+
+
 def _shard_blocks(params: SynthParams) -> list[list[tuple[int, int, int]]]:
     """Shards as lists of (block index, first patient, patients in block)."""
     blocks = [
@@ -147,6 +160,7 @@ def _simulate_shard(params: SynthParams, shard: int, blocks, out_dir: str, truth
         "events": Path(out_dir) / DATA_DIR / name,
         "subjects": Path(truth_dir) / "subjects" / name,
         "hazards": Path(truth_dir) / "hazards" / name,
+        "tail_history": Path(truth_dir) / "tail_history" / name,
     }
     try:
         for block, first, n in blocks:
@@ -156,6 +170,7 @@ def _simulate_shard(params: SynthParams, shard: int, blocks, out_dir: str, truth
                 ("events", _events_table(world, out)),
                 ("subjects", subjects),
                 ("hazards", hazards),
+                ("tail_history", _tail_history_table(world, out)),
             ):
                 if key not in writers:
                     writers[key] = pq.ParquetWriter(paths[key], table.schema, compression="zstd")
@@ -178,7 +193,7 @@ def generate(params: SynthParams, out_dir: str | Path, truth_dir: str | Path, pr
     for d in (out_dir, truth_dir):
         if d.exists():
             shutil.rmtree(d)
-    for d in (out_dir / DATA_DIR, out_dir / "metadata", truth_dir / "subjects", truth_dir / "hazards"):
+    for d in (out_dir / DATA_DIR, out_dir / "metadata", *(truth_dir / k for k in ("subjects", "hazards", "tail_history"))):
         d.mkdir(parents=True)
     shards = _shard_blocks(params)
     t0 = time.perf_counter()

@@ -3,7 +3,8 @@
 The ground truth stores, for every covered patient-month, the complete simulation state at the end of the
 month (conditions present, diagnosed, suspected names pending, treatment regimens, last zoster) next to the
 patient's fixed traits (latent factors, sex, age, hospital). For each labelled patient the oracle rebuilds
-that state for the month of the index receipt (the prediction time is the midnight after it; the generator
+that state (and the confirmed long-tail categories of the history, which steer which tail codes come next)
+for the month of the index receipt (the prediction time is the midnight after it; the generator
 writes at most one receipt a month) and simulates `replicates` futures with fresh randomness. The share of
 futures with an outcome record inside the horizon is the probability of
 the outcome given everything true at the index date and nothing after it: the best any model could do.
@@ -23,6 +24,7 @@ import polars as pl
 from claimsutil.config import CohortParams, EvaluationParams, SynthParams
 from claimsutil.metrics import evaluate, evaluate_on_sample, predictions_frame, write_predictions
 from claimsutil.synth import catalog
+from claimsutil.synth import tail as tail_catalog
 from claimsutil.synth.simulate import AcuteArrays, BlockSimulator, ConditionArrays, Replay, unpack_bits
 from claimsutil.synth.world import World, seed_sequence
 
@@ -53,6 +55,7 @@ def _load_state(truth_dir: Path, requests: pl.DataFrame, world: World) -> pl.Dat
         how="left",
     )
     out = state.join(subjects, on="subject_id", how="left").collect()
+    out = out.join(_tail_histories(truth_dir, requests), on=["subject_id", "month"], how="left")
     missing = out.filter(pl.col("has_bits").is_null() | pl.col("age_at_start").is_null())
     if missing.height:
         raise ValueError(
@@ -60,6 +63,25 @@ def _load_state(truth_dir: Path, requests: pl.DataFrame, world: World) -> pl.Dat
             f"(e.g. month {missing['month'][0]}): this truth does not belong to the labelled dataset"
         )
     return out
+
+
+def _tail_histories(truth_dir: Path, requests: pl.DataFrame) -> pl.DataFrame:
+    """Per request: the confirmed tail categories of the history at the end of the index month (indices in
+    `tail.categories()`, in the order the generator added them), as `tail_hist`."""
+    files = sorted((truth_dir / "tail_history").glob("*.parquet"))
+    if not files:  # truth written before the tail had a history: an empty one
+        return requests.select("subject_id", "month", tail_hist=pl.lit([], pl.List(pl.Int16)))
+    index = {c.code: i for i, c in enumerate(tail_catalog.categories())}
+    log = (
+        pl.scan_parquet(files)
+        .join(requests.lazy().select("subject_id", index_month="month").unique(), on="subject_id")
+        .filter(pl.col("month") <= pl.col("index_month"))
+        .with_columns(pl.col("category").replace_strict(index, return_dtype=pl.Int16))
+        .group_by("subject_id", "index_month", maintain_order=True)
+        .agg(tail_hist=pl.col("category"))
+        .rename({"index_month": "month"})
+    )
+    return log.collect()
 
 
 def _simulator(world: World, conds: ConditionArrays, acutes: AcuteArrays, rows: pl.DataFrame, reps: int, rng, month):
@@ -88,8 +110,18 @@ def _simulator(world: World, conds: ConditionArrays, acutes: AcuteArrays, rows: 
         "last_zoster": rep(rows["zoster_month"].to_numpy()),
         "onset": months["onset_month"],
         "dx_month": months["dx_month"],
+        "tail_hist": rep(_history_array(rows["tail_hist"])),
     }
     return BlockSimulator.from_state(world, conds, acutes, rng, traits, state, Replay(month))
+
+
+def _history_array(lists: pl.Series) -> np.ndarray:
+    """(rows, tail.HISTORY) category indices, -1 padded."""
+    out = np.full((len(lists), tail_catalog.HISTORY), -1, np.int16)
+    for i, values in enumerate(lists.to_list()):
+        if values:
+            out[i, : len(values)] = values[: tail_catalog.HISTORY]
+    return out
 
 
 def outcome_probabilities(

@@ -134,6 +134,7 @@ class BlockOutput:
     events: dict[str, np.ndarray]  # pid, day, code, value, flag, reason
     subjects: dict[str, np.ndarray]  # one row per patient
     hazards: dict[str, np.ndarray]  # one row per covered patient-month
+    tail_history: dict[str, np.ndarray]  # one row per confirmed tail category entering a patient's history
     split: np.ndarray  # 0 train, 1 tuning, 2 held_out
 
 
@@ -222,9 +223,10 @@ class BlockSimulator:
         cls, world: World, conds: ConditionArrays, acutes: AcuteArrays, rng, traits: dict, state: dict, replay: Replay
     ) -> BlockSimulator:
         """Patients rebuilt from recorded traits (male, hosp, age0, latent) and an end-of-month state (has, dx,
-        pending, reg, last_zoster, onset and dx months), alive and covered, to replay their future from
-        `replay.month` (the oracle). Long-tail names already on the receipts are not part of the state: they
-        change no hazard, visit or treatment of the core."""
+        pending, reg, last_zoster, onset and dx months, and optionally tail_hist: the confirmed tail categories
+        of the history), alive and covered, to replay their future from `replay.month` (the oracle). Long-tail
+        names already on the receipts are not part of the state: they change no hazard, visit or treatment of
+        the core."""
         sim = cls.__new__(cls)
         n = len(traits["male"])
         sim.w, sim.c, sim.a, sim.n, sim.T, sim.rng = world, conds, acutes, n, world.params.months, rng
@@ -239,6 +241,9 @@ class BlockSimulator:
         sim.stage = np.where(sim.has, 1, 0).astype(np.int8)  # the stage changes only the code written
         sim.spec_u = rng.random(n)
         sim._init_tail()
+        if state.get("tail_hist") is not None:
+            sim.tail_hist = state["tail_hist"].astype(np.int16)
+            sim.tail_hist_n = (sim.tail_hist >= 0).sum(axis=1).astype(np.int16)
         return sim
 
     # ---------------------------------------------------------------- patients and history before the window
@@ -425,6 +430,7 @@ class BlockSimulator:
             events=self.ev.collect(),
             subjects=self._subject_truth(first_subject_id),
             hazards=self._hazard_truth(first_subject_id),
+            tail_history=self._tail_history_truth(first_subject_id),
             split=split,
         )
 
@@ -636,6 +642,11 @@ class BlockSimulator:
         self.tail_flag = np.zeros(0, np.int8)  # suspected
         self.tail_end = np.zeros(0, np.int64)
         self._tail_p = np.zeros((self.n, len(self.w.tail.systems)))
+        # Confirmed tail categories of the patient's history (the first HISTORY distinct ones), and the log
+        # of additions (truth: the oracle rebuilds the history from it).
+        self.tail_hist = np.full((self.n, tail_catalog.HISTORY), -1, np.int16)
+        self.tail_hist_n = np.zeros(self.n, np.int16)
+        self.tail_log: list[tuple[np.ndarray, int, np.ndarray]] = []
 
     def _tail_hits(self, age: np.ndarray, covered: np.ndarray) -> np.ndarray:
         """(n, systems) bool: a new long-tail record this month in each organ system (covered patients)."""
@@ -656,7 +667,9 @@ class BlockSimulator:
         a, h = self._tail_age[r], self.hosp[r]
         group = (a * 2 + self.male[r]) * len(tt.systems) + s
         c = tt.cat_of_key[np.searchsorted(tt.cum, group + np.minimum(rng.random(m), 1.0 - 1e-12))]
+        c = self._tail_linked(r, s, a, c)
         suspected = rng.random(m) < np.minimum(tt.suspected[c] * hp.suspect[h], 0.9)
+        self._tail_remember(t, r[~suspected], c[~suspected])
         child = np.searchsorted(tt.child_key, c + np.minimum(rng.random(m), 1.0 - 1e-12))
         specific = self.spec_u[r] < hp.specificity[h]
         code = np.where(specific, tt.child_code[np.minimum(child, len(tt.child_code) - 1)], tt.unspecified_code[c])
@@ -677,6 +690,52 @@ class BlockSimulator:
         self.tail_flag = np.concatenate([self.tail_flag[keep], suspected.astype(np.int8)])
         self.tail_end = np.concatenate([self.tail_end[keep], t + months])
 
+    def _link_candidates(self, rows: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For ROWS (ages A): the categories their confirmed history links to, (rows, HISTORY x links), and
+        each one's weight (its rate share at the patient's age and sex; 0 for empty slots)."""
+        tt = self.w.tail
+        hist = self.tail_hist[rows]
+        cand = tt.link[np.maximum(hist, 0)].reshape(len(rows), -1)
+        filled = np.repeat(hist >= 0, tt.link.shape[1], axis=1) & (cand >= 0)
+        sex = self.male[rows].astype(np.int64)
+        weight = np.where(filled, tt.share[np.maximum(cand, 0), a[:, None], sex[:, None]], 0.0)
+        return cand, weight
+
+    def _tail_linked(self, r: np.ndarray, s: np.ndarray, a: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """New records R (systems S, ages A, fresh categories C): with probability LINK, where the patient's
+        history links to categories of that system, the record is one of them instead."""
+        tt = self.w.tail
+        u = self.rng.random(len(r))
+        sel = np.nonzero((u < tail_catalog.LINK) & (self.tail_hist_n[r] > 0))[0]
+        if not len(sel):
+            return c
+        cand, weight = self._link_candidates(r[sel], a[sel])
+        weight = np.where(tt.cat_system[np.maximum(cand, 0)] == s[sel, None], weight, 0.0)
+        cum = np.cumsum(weight, axis=1)
+        total = cum[:, -1]
+        pick = (cum <= (self.rng.random(len(sel)) * total)[:, None]).sum(axis=1)
+        pick = np.minimum(pick, cand.shape[1] - 1)
+        linked = total > 0
+        out = c.copy()
+        out[sel[linked]] = cand[np.nonzero(linked)[0], pick[linked]]
+        return out
+
+    def _tail_remember(self, t: int, r: np.ndarray, c: np.ndarray) -> None:
+        """Add confirmed categories C of patients R (sorted) to their histories, each once, the first HISTORY."""
+        new = ~(self.tail_hist[r] == c[:, None]).any(axis=1)
+        r, c = r[new], c[new]
+        if not len(r):
+            return
+        idx = np.arange(len(r))
+        rank = idx - np.maximum.accumulate(np.where(np.r_[True, r[1:] != r[:-1]], idx, 0))  # within patient
+        pos = self.tail_hist_n[r].astype(np.int64) + rank
+        ok = pos < tail_catalog.HISTORY
+        r, c, pos = r[ok], c[ok], pos[ok]
+        self.tail_hist[r, pos] = c
+        self.tail_hist_n += np.bincount(r, minlength=self.n).astype(np.int16)
+        if self.replay is None:
+            self.tail_log.append((r.astype(np.int32), t, c.astype(np.int16)))
+
     def _tail_receipt(self, t: int, visit: np.ndarray, day: np.ndarray) -> None:
         """Every long-tail name still open is written on the month's receipt, with its prescription."""
         on = visit[self.tail_pid] & (self.tail_end > t)
@@ -691,13 +750,22 @@ class BlockSimulator:
         tt, hp = self.w.tail, self.w.hospitals
         p = np.zeros(len(rows))
         h, a, sex = self.hosp[rows], self._tail_age[rows], self.male[rows].astype(np.int64)
-        for c in tt.categories_with_drug.get(d, ()):
+        cats = tt.categories_with_drug.get(d, ())
+        if cats:
+            cand, weight = self._link_candidates(rows, a)
+            cand_system = tt.cat_system[np.maximum(cand, 0)]
+        for c in cats:
             opts = tt.options[c][tt.options[c] >= 0]
             logw = np.where(self.w.launch_month[opts] <= t, hp.drug_pref[h[:, None], opts], -np.inf)
             share = _choice_probs(logw)[:, int(np.nonzero(opts == d)[0][0])]
             confirmed = 1.0 - np.minimum(tt.suspected[c] * hp.suspect[h], 0.9)
             s = tt.cat_system[c]
-            p += self._tail_p[rows, s] * tt.share[c, a, sex] * confirmed * tt.rx[c] * share
+            # The category's share of the system's records: the fresh draw's, and the history's links.
+            in_system = np.where(cand_system == s, weight, 0.0).sum(axis=1)
+            to_c = np.where(cand == c, weight, 0.0).sum(axis=1)
+            linked = tail_catalog.LINK * (in_system > 0)
+            cat_share = (1.0 - linked) * tt.share[c, a, sex] + linked * to_c / np.where(in_system > 0, in_system, 1.0)
+            p += self._tail_p[rows, s] * cat_share * confirmed * tt.rx[c] * share
         return p
 
     # ---------------------------------------------------------------- ground truth (never read by models)
@@ -786,6 +854,15 @@ class BlockSimulator:
             out[f"onset_month_{name}"] = np.where(self.onset[:, k] == never, -32768, self.onset[:, k])
             out[f"dx_month_{name}"] = np.where(self.dx_month[:, k] == never, -32768, self.dx_month[:, k])
         return out
+
+    def _tail_history_truth(self, first_id: int) -> dict[str, np.ndarray]:
+        """The history log, in the order of addition (month, then organ system)."""
+        parts = self.tail_log or [(np.zeros(0, np.int32), 0, np.zeros(0, np.int16))]
+        pid = np.concatenate([p for p, _, _ in parts])
+        month = np.concatenate([np.full(len(p), t, np.int16) for p, t, _ in parts])
+        category = np.concatenate([c for _, _, c in parts])
+        order = np.lexsort((self.w.tail.cat_system[category], month, pid))
+        return {"subject_id": first_id + pid[order].astype(np.int64), "month": month[order], "category": category[order]}
 
     def _hazard_truth(self, first_id: int) -> dict[str, np.ndarray]:
         if not self.truth_rows:

@@ -14,7 +14,9 @@ to the core, so the reference outcomes keep their definitions.
 Records are drawn per patient-month: the patient's rate for an organ system is the sum of its blocks'
 rates at the patient's age and sex, times exp(loading x the patient's latent factor for that system);
 which category, and which of its WHO subcategories, follows from the tables built here. The hospital's
-coding specificity decides whether the patient's subcategory or the unspecified one (.9) is written.
+coding specificity decides whether the patient's subcategory or the unspecified one (.9) is written. A
+patient's confirmed history then pulls some of the system's records to the partners of what is already there
+(`partners`, LINK), the specific code-to-code structure that organ systems alone do not carry.
 """
 
 from __future__ import annotations
@@ -56,6 +58,19 @@ LOADING = 0.8
 CARE_SEEKING = 0.3
 ZIPF = 1.1  # within-block exponent of the categories that are not `common`
 COMMON_WEIGHT = 4.0  # weight of a common category relative to the most frequent other one
+# Code-to-code structure beyond the organ systems. Real comorbidity is sparse and specific: a disease network
+# links each diagnosis to a few others far more strongly than to the rest of its organ system (Hidalgo et al.
+# 2009, PLoS Comput Biol 5:e1000353; Jensen et al. 2014, Nat Commun 5:4022, disease trajectories), and a
+# relapsing complaint comes back. Each category has PARTNERS partner categories fixed by its code (a hash):
+# one in its own WHO block, one elsewhere in its organ system, one in another system, drawn in proportion to
+# how common they are. When an organ system writes a new record for a patient whose confirmed history holds
+# partners in that system (or, for a short-lived complaint, the complaint itself), the record is, with
+# probability LINK, one of them (weighted by their rate at the patient's age and sex) instead of a fresh draw.
+# How many records each system writes is unchanged: only which code.
+PARTNERS = 3
+LINK = 0.4
+RELAPSE_MONTHS = 2.0  # complaints staying this long or less on the receipts can come back as themselves
+HISTORY = 64  # distinct confirmed categories remembered per patient (the first ones)
 
 _ANTIBIOTICS = ("J01",)
 _NSAID = ("M01A", "N02BE")
@@ -400,6 +415,36 @@ def _rate_at_60(cats: list[Category]) -> float:
     return total
 
 
+@cache
+def partners() -> np.ndarray:
+    """(categories, 1 + PARTNERS) category indices a confirmed record links to: itself for a short-lived
+    complaint (else -1), then its partners (-1 where a pool is empty). Fixed by the codes alone."""
+    cats = categories()
+    system = np.array([c.block.system for c in cats])
+    parent = np.array([icd.get_parent(c.code) for c in cats])  # the WHO block
+    weight = np.array([c.weight for c in cats])
+    out = np.full((len(cats), 1 + PARTNERS), -1, np.int64)
+    for i, c in enumerate(cats):
+        rng = np.random.default_rng(_stable("partners/" + c.code))
+        same_block = parent == parent[i]
+        pools = (
+            same_block,
+            (system == c.block.system) & ~same_block,
+            system != c.block.system,
+        )
+        if c.block.months <= RELAPSE_MONTHS:
+            out[i, 0] = i
+        for j, pool in enumerate(pools):
+            pool = pool.copy()
+            pool[i] = False
+            pool[out[i, 1:][out[i, 1:] >= 0]] = False
+            if not pool.any():
+                continue
+            w = np.where(pool, weight, 0.0)
+            out[i, 1 + j] = rng.choice(len(cats), p=w / w.sum())
+    return out
+
+
 def tail_codes() -> tuple[str, ...]:
     """Every code the tail can write (namespaced), in a fixed order."""
     codes = {f"ICD10/{k}" for c in categories() for k in (*c.children, c.unspecified)}
@@ -431,6 +476,7 @@ class TailTables:
     child_key: np.ndarray  # sorted keys: category + cumulative share of each specific subcategory
     child_code: np.ndarray  # (children,) vocabulary index of each specific subcategory
     unspecified_code: np.ndarray  # (C,) vocabulary index of the unspecified code
+    link: np.ndarray  # (C, 1 + PARTNERS) categories a confirmed record links to (`partners`), -1 none
 
 
 AGES = 121  # single years of age 0..120
@@ -493,4 +539,5 @@ def build_tables(code_index: dict[str, int], drug_index: dict[str, int]) -> Tail
         child_key=np.concatenate(child_keys),
         child_code=np.array(child_codes, dtype=np.int64),
         unspecified_code=np.array([code_index[f"ICD10/{c.unspecified}"] for c in cats], dtype=np.int64),
+        link=partners(),
     )
