@@ -31,9 +31,10 @@ endif
 	$(BIN)/dvc repro
 	@echo "The study: reports/index.html (findings, tables, figures, every notebook); metrics: .venv/bin/dvc metrics show"
 
-## make test: the unit tests and the tiny-profile pipeline test
+## make test: the unit tests and the tiny-profile pipeline test, on two pytest-xdist workers; a test file's
+## tests stay on one worker (--dist loadfile), so each module's generated world is built once
 test: venv
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 ## make lab: JupyterLab on notebooks/ with the project's kernel
 lab: venv
