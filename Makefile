@@ -31,10 +31,9 @@ endif
 	$(BIN)/dvc repro
 	@echo "The study: reports/index.html (findings, tables, figures, every notebook); metrics: .venv/bin/dvc metrics show"
 
-## make test: the unit tests and the tiny-profile pipeline test, on two pytest-xdist workers; a test file's
-## tests stay on one worker (--dist loadfile), so each module's generated world is built once
+## make test: the unit tests and the tiny-profile pipeline test
 test: venv
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest
 
 ## make lab: JupyterLab on notebooks/ with the project's kernel
 lab: venv
