@@ -245,18 +245,46 @@ def _read_shard(events: Events, path: Path, config: TokenizeConfig, only: pl.Dat
 
 
 def _first_per_episode(events: pl.DataFrame) -> pl.DataFrame:
-    """One copy per (subject, time, token); then drop a timed token that the previous visit had too."""
-    unique = events.unique(maintain_order=True)
-    visits = (
-        unique.drop_nulls("time")
-        .select("subject_id", "time")
-        .unique()
-        .sort("subject_id", "time")
-        .with_columns(prev=pl.col("time").shift(1).over("subject_id"))
-    )
-    previous = unique.drop_nulls("time").select("subject_id", prev="time", token="token")
-    with_prev = unique.join(visits, on=["subject_id", "time"], how="left", maintain_order="left")
-    return with_prev.join(previous, on=["subject_id", "prev", "token"], how="anti", maintain_order="left").drop("prev")
+    """One copy per (subject, time, token); then drop a timed token that the previous visit had too.
+
+    Row order is not kept (every reader groups or sorts). MEDS shards are sorted by subject and time, which
+    makes this a linear pass plus one sort of integer keys; unsorted input is sorted first."""
+    static = events.filter(pl.col("time").is_null()).unique()
+    timed = events.drop_nulls("time")
+    if timed.height == 0:
+        return pl.concat([static, timed])
+
+    def subject_and_time(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        s, t = frame["subject_id"].to_numpy(), frame["time"].dt.epoch("us").to_numpy()
+        return s, t, s[1:] == s[:-1]
+
+    s, t, same_subject = subject_and_time(timed)
+    if not np.all((s[1:] > s[:-1]) | (same_subject & (t[1:] >= t[:-1]))):
+        timed = timed.sort("subject_id", "time")
+        s, t, same_subject = subject_and_time(timed)
+    n = s.size
+    # Visit number: +1 at each new (subject, time), +2 at each new subject, so that "the previous visit" of a
+    # subject's first visit is nobody's visit.
+    new_visit = np.ones(n, bool)
+    new_visit[1:] = ~same_subject | (t[1:] != t[:-1])
+    new_subject = np.ones(n, bool)
+    new_subject[1:] = ~same_subject
+    visit = np.cumsum(new_visit, dtype=np.int64) + np.cumsum(new_subject, dtype=np.int64)
+    token = timed["token"].cast(pl.Categorical).to_physical().to_numpy().astype(np.int64)
+    span = int(token.max()) + 1
+    key = visit * span + token  # (visit, token), ordered by visit
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    first = np.ones(n, bool)
+    first[1:] = sorted_key[1:] != sorted_key[:-1]
+    unique = sorted_key[first]
+    previous = unique - span  # the same token at the visit before
+    found = np.minimum(np.searchsorted(unique, previous), unique.size - 1)
+    kept_sorted = first.copy()
+    kept_sorted[first] = unique[found] != previous
+    keep = np.zeros(n, bool)
+    keep[order[kept_sorted]] = True
+    return pl.concat([static, timed.filter(keep)])
 
 
 # --- vocabulary -------------------------------------------------------------------------------------

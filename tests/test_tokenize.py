@@ -256,6 +256,35 @@ def test_first_per_episode_on_hand_built_timeline(tmp_path: Path) -> None:
         tok.build_store(root, store.vocab, tmp_path / "other", ONE)
 
 
+def _first_per_episode_by_hand(rows: list[tuple]) -> set[tuple]:
+    """The repeats rule read literally: per subject, each visit's distinct tokens minus the previous visit's."""
+    by_subject: dict[int, dict] = {}
+    for subject, time, token in rows:
+        by_subject.setdefault(subject, {}).setdefault(time, set()).add(token)
+    kept = set()
+    for subject, visits in by_subject.items():
+        static = visits.pop(None, set())
+        kept |= {(subject, None, token) for token in static}
+        previous: set = set()
+        for time in sorted(visits):
+            kept |= {(subject, time, token) for token in visits[time] - previous}
+            previous = visits[time]
+    return kept
+
+
+def test_first_per_episode_matches_the_rule_on_sorted_and_shuffled_shards(synth) -> None:
+    root, _ = synth
+    config = tok.TokenizeConfig(repeats="keep")
+    events = tok._read_shard(tok.open_events(root), shard_paths(root)[0], config).events
+    subjects = events["subject_id"].unique().sort()[:300]
+    events = events.filter(pl.col("subject_id").is_in(subjects.implode()))
+    expected = _first_per_episode_by_hand(events.rows())
+    assert 0 < len(expected) < 0.6 * events.height  # the rule removes most records of a claims history
+    for frame in (events, events.sample(fraction=1.0, shuffle=True, seed=3)):  # the sorted pass, then the fallback
+        got = tok._first_per_episode(frame)
+        assert got.height == len(expected) and set(got.rows()) == expected
+
+
 def test_repeats_policies_on_synthetic_data(synth) -> None:
     root, _ = synth
     result = tok.compare_repeats(root)
