@@ -188,6 +188,7 @@ class CohortParams:
     test_negatives: int | None = 2000  # the evaluation sample: every test positive and this many test negatives
     validation_patients: int = 300  # the early-stopping sample of every model: up to half validation positives
     oracle_replicates: int = 50  # simulated futures per test patient for the oracle ceiling
+    workers: int = execution(2)  # processes replaying the oracle's futures (never changes the results)
 
     def __post_init__(self) -> None:
         _require(self, set(self.split) == {"train", "validation", "test"}, "split",
@@ -203,6 +204,7 @@ class CohortParams:
         _require(self, self.min_prior_days >= 0, "min_prior_days", "must be >= 0")
         _require(self, self.min_positives >= 1, "min_positives", "must be >= 1")
         _require(self, self.oracle_replicates >= 1, "oracle_replicates", "must be >= 1")
+        _require(self, self.workers >= 1, "workers", "must be >= 1")
         _require(self, self.test_negatives is None or self.test_negatives >= 1, "test_negatives",
                  "must be >= 1 or null (every test patient)")  # fmt: skip
         _require(self, self.validation_patients >= 2, "validation_patients", "must be >= 2")

@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import multiprocessing as mp
 import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+from threadpoolctl import threadpool_limits
 
 from claimsutil.config import CohortParams, EvaluationParams, SynthParams
 from claimsutil.metrics import evaluate, evaluate_on_sample, predictions_frame, write_predictions
@@ -124,6 +128,112 @@ def _history_array(lists: pl.Series) -> np.ndarray:
     return out
 
 
+_WORKER: dict = {}
+
+
+def _worker_world(truth_dir: str) -> tuple[World, ConditionArrays, AcuteArrays]:
+    """The generator's world and its arrays, built once per process and truth folder."""
+    if _WORKER.get("truth_dir") != truth_dir:
+        world = truth_world(truth_dir)
+        _WORKER.update(truth_dir=truth_dir, world=(world, ConditionArrays(world), AcuteArrays(world)))
+    return _WORKER["world"]
+
+
+@dataclass(frozen=True)
+class _Query:
+    """One outcome asked of the oracle: what counts as a hit, over which window, with how many futures."""
+
+    outcome: tuple[str, ...]
+    horizon_days: int
+    include_suspected: bool
+    replicates: int
+    seed: int
+
+
+def _requests(truth_dir: Path, labels: pl.DataFrame, world: World) -> pl.DataFrame:
+    """LABELS (subject_id, prediction_time) with their recorded state and the simulation month `t` of the
+    index receipt, sorted by subject."""
+    # The prediction time is the midnight after the index receipt; the outcome window starts there.
+    index = labels.select("subject_id", "prediction_time").with_columns(
+        index_day=(pl.col("prediction_time").dt.epoch("us") // _US_PER_DAY).cast(pl.Int64),
+        month=(pl.col("prediction_time") - dt.timedelta(microseconds=1)).dt.month_start().dt.date(),
+    )
+    return (
+        _load_state(truth_dir, index, world)
+        .with_columns(
+            hospital_index=pl.col("hospital").str.strip_prefix("H").cast(pl.Int64) - 1,
+            t=(pl.col("month").cast(pl.Date).dt.year() - world.start.year) * 12
+            + pl.col("month").cast(pl.Date).dt.month()
+            - world.start.month,
+        )
+        .sort("subject_id")
+    )
+
+
+def _replay(job: tuple[str, _Query, int, pl.DataFrame]) -> np.ndarray:
+    """The share of futures with an outcome record, for each row of one index month's GROUP. Its randomness
+    depends only on (seed, outcome, month), so any process gives the same numbers."""
+    truth_dir, query, t, group = job
+    world, conds, acutes = _worker_world(truth_dir)
+    codes = np.array([i for i, c in enumerate(world.codes) if c.startswith(tuple(query.outcome))])
+    key = zlib.crc32(",".join(query.outcome).encode())
+    reps = query.replicates
+    rng = np.random.default_rng(seed_sequence(query.seed, 2, key, t))
+    sim = _simulator(world, conds, acutes, group, reps, rng, t + 1)
+    day = np.repeat(group["index_day"].to_numpy(), reps)
+    end = int(day.max()) + query.horizon_days
+    month = t + 1  # the state is the end of the index month: the future starts next month
+    while month < sim.T and world.month_days[month] < end:
+        sim._month(month)
+        month += 1
+    ev = sim.ev.collect()
+    hit_rows = np.isin(ev["code"], codes) & ((ev["flag"] == 0) | query.include_suspected)
+    hit_rows &= (ev["day"] >= day[ev["pid"]]) & (ev["day"] < day[ev["pid"]] + query.horizon_days)
+    hit = np.zeros(sim.n, bool)
+    hit[ev["pid"][hit_rows]] = True
+    return hit.reshape(-1, reps).mean(axis=1)
+
+
+def _init_worker() -> None:
+    # One BLAS thread per worker: the workers already fill the cores (the simulation's matmuls are small).
+    _WORKER.clear()
+    _WORKER["limits"] = threadpool_limits(1)
+
+
+def _probabilities(truth_dir: str | Path, asks: list[tuple[pl.DataFrame, _Query]], workers: int) -> list[pl.DataFrame]:
+    """For each (labels, query) of ASKS: the labels with `probability`. Index months are replayed in WORKERS
+    processes (largest first); the numbers do not depend on WORKERS."""
+    truth_dir = Path(truth_dir)
+    world = truth_world(truth_dir)
+    jobs, owners = [], []
+    requests = [_requests(truth_dir, labels, world) for labels, _ in asks]
+    for a, ((_, query), rows) in enumerate(zip(asks, requests, strict=True)):
+        for (t,), group in rows.group_by("t", maintain_order=True):
+            jobs.append((str(truth_dir), query, int(t), group))
+            owners.append(a)
+    order = sorted(range(len(jobs)), key=lambda j: -jobs[j][3].height * jobs[j][1].replicates)
+    results: list[np.ndarray | None] = [None] * len(jobs)
+    if workers <= 1 or len(jobs) <= 1:
+        for j in order:
+            results[j] = _replay(jobs[j])
+    else:
+        context = mp.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context, initializer=_init_worker) as pool:
+            for j, probs in zip(order, pool.map(_replay, [jobs[j] for j in order]), strict=True):
+                results[j] = probs
+    out = []
+    for a, (labels, _) in enumerate(asks):
+        mine = [j for j in range(len(jobs)) if owners[j] == a]
+        if mine:
+            probs = pl.concat(
+                [jobs[j][3].select("subject_id").with_columns(probability=results[j]) for j in mine]
+            )
+        else:
+            probs = pl.DataFrame(schema={"subject_id": pl.Int64, "probability": pl.Float64})
+        out.append(labels.select("subject_id", "prediction_time").join(probs, on="subject_id", how="left"))
+    return out
+
+
 def outcome_probabilities(
     truth_dir: str | Path,
     labels: pl.DataFrame,
@@ -132,56 +242,28 @@ def outcome_probabilities(
     include_suspected: bool = False,
     replicates: int = 200,
     seed: int = 0,
+    workers: int = 1,
 ) -> pl.DataFrame:
     """P(an outcome record in [index, index + horizon)) for each labelled patient, by replaying the
-    generator from the true state. LABELS: subject_id, prediction_time. Returns them with `probability`."""
-    truth_dir = Path(truth_dir)
-    world = truth_world(truth_dir)
-    conds, acutes = ConditionArrays(world), AcuteArrays(world)
-    codes = np.array([i for i, c in enumerate(world.codes) if c.startswith(tuple(outcome))])
-    # The prediction time is the midnight after the index receipt; the outcome window starts there.
-    index = labels.select("subject_id", "prediction_time").with_columns(
-        index_day=(pl.col("prediction_time").dt.epoch("us") // _US_PER_DAY).cast(pl.Int64),
-        month=(pl.col("prediction_time") - dt.timedelta(microseconds=1)).dt.month_start().dt.date(),
-    )
-    rows = _load_state(truth_dir, index, world).with_columns(
-        hospital_index=pl.col("hospital").str.strip_prefix("H").cast(pl.Int64) - 1,
-        t=(pl.col("month").cast(pl.Date).dt.year() - world.start.year) * 12
-        + pl.col("month").cast(pl.Date).dt.month()
-        - world.start.month,
-    )
-    key = zlib.crc32(",".join(outcome).encode())
-    parts = []
-    for (t,), group in rows.sort("subject_id").group_by("t", maintain_order=True):
-        rng = np.random.default_rng(seed_sequence(seed, 2, key, int(t)))
-        sim = _simulator(world, conds, acutes, group, replicates, rng, int(t) + 1)
-        day = np.repeat(group["index_day"].to_numpy(), replicates)
-        end = int(day.max()) + horizon_days
-        month = int(t) + 1  # the state is the end of the index month: the future starts next month
-        while month < sim.T and world.month_days[month] < end:
-            sim._month(month)
-            month += 1
-        ev = sim.ev.collect()
-        hit_rows = np.isin(ev["code"], codes) & ((ev["flag"] == 0) | include_suspected)
-        hit_rows &= (ev["day"] >= day[ev["pid"]]) & (ev["day"] < day[ev["pid"]] + horizon_days)
-        hit = np.zeros(sim.n, bool)
-        hit[ev["pid"][hit_rows]] = True
-        parts.append(group.select("subject_id").with_columns(probability=hit.reshape(-1, replicates).mean(axis=1)))
-    probs = pl.concat(parts) if parts else pl.DataFrame(schema={"subject_id": pl.Int64, "probability": pl.Float64})
-    return labels.select("subject_id", "prediction_time").join(probs, on="subject_id", how="left")
+    generator from the true state. LABELS: subject_id, prediction_time. Returns them with `probability`.
+    WORKERS: processes replaying index months in parallel (never changes the numbers)."""
+    query = _Query(tuple(outcome), horizon_days, bool(include_suspected), replicates, seed)
+    return _probabilities(truth_dir, [(labels, query)], workers)[0]
 
 
-def task_predictions(truth_dir: str | Path, cohorts: dict, splits: pl.DataFrame, replicates: int, seed: int) -> dict:
+def task_predictions(truth_dir: str | Path, cohorts: dict, splits: pl.DataFrame, replicates: int, seed: int,
+                     workers: int = 1) -> dict:  # fmt: skip
     """Test-split predictions of the oracle for every task of COHORTS (`claimsutil.cohort.TaskCohort` by
-    name); {} when there is no ground truth (user data)."""
+    name); {} when there is no ground truth (user data). Every task's index months share one pool of WORKERS."""
     if not (Path(truth_dir) / "hazards").is_dir():
         return {}
-    out = {}
+    tests, asks = {}, []
     for name, c in cohorts.items():
-        test = c.labels.join(splits.filter(pl.col("split") == "test"), on="subject_id")
-        probs = outcome_probabilities(
-            truth_dir, test, c.spec.outcome, c.spec.horizon_days, c.spec.suspected == "include", replicates, seed
-        )
+        tests[name] = c.labels.join(splits.filter(pl.col("split") == "test"), on="subject_id")
+        query = _Query(tuple(c.spec.outcome), c.spec.horizon_days, c.spec.suspected == "include", replicates, seed)
+        asks.append((tests[name], query))
+    out = {}
+    for (name, test), probs in zip(tests.items(), _probabilities(truth_dir, asks, workers), strict=True):
         joined = test.join(probs.select("subject_id", "probability"), on="subject_id")
         out[name] = predictions_frame(
             joined["subject_id"], joined["prediction_time"], joined["boolean_value"], joined["probability"]
@@ -195,7 +277,8 @@ def score_tasks(truth_dir: str | Path, cohorts: dict, splits: pl.DataFrame, para
     """The oracle's predictions of every task's whole test split, written to OUT_DIR/<task>.parquet, and their
     metrics on the task's evaluation sample (SAMPLES, `claimsutil.cohort.task_samples`: the number every model
     gets) and on the whole test split (the check of the sample). ({}, {}) without ground truth (user data)."""
-    predictions = task_predictions(truth_dir, cohorts, splits, params.oracle_replicates, params.seed)
+    predictions = task_predictions(truth_dir, cohorts, splits, params.oracle_replicates, params.seed,
+                                   params.workers)
     on_sample, whole = {}, {}
     for name, frame in predictions.items():
         write_predictions(frame, Path(out_dir) / f"{name}.parquet")

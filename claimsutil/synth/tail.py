@@ -521,8 +521,11 @@ def build_tables(code_index: dict[str, int], drug_index: dict[str, int]) -> Tail
         for c in cats
     ]
     options = np.full((len(cats), max(len(o) for o in drug_options)), -1, np.int64)
+    with_drug: dict[int, list[int]] = {d: [] for d in drug_index.values()}
     for i, o in enumerate(drug_options):
         options[i, : len(o)] = o
+        for d in o.tolist():
+            with_drug[d].append(i)
     return TailTables(
         systems=systems,
         system_latent=np.array([cat.LATENTS.index(s) for s in systems]),
@@ -535,7 +538,7 @@ def build_tables(code_index: dict[str, int], drug_index: dict[str, int]) -> Tail
         rx=np.array([c.block.rx if len(drug_options[i]) else 0.0 for i, c in enumerate(cats)]),
         share=share,
         options=options,
-        categories_with_drug={d: tuple(i for i, o in enumerate(drug_options) if d in o) for d in drug_index.values()},
+        categories_with_drug={d: tuple(with_drug[d]) for d in drug_index.values()},
         child_key=np.concatenate(child_keys),
         child_code=np.array(child_codes, dtype=np.int64),
         unspecified_code=np.array([code_index[f"ICD10/{c.unspecified}"] for c in cats], dtype=np.int64),
