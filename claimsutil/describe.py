@@ -83,19 +83,37 @@ SUSPECTED_DERIVED = {
     "never_confirmed_share": ("never_confirmed_pairs", "suspected_pairs"),
 }
 
-VOCABULARY = pl.col("code").str.split("/").list.first()  # "ICD10/I10" -> "ICD10"; "MEDS_BIRTH" stays whole
-FAMILY = family_expr()  # diagnosis, drug or other
+# Per record, from the columns `_shard_view` adds (computed once per distinct code, not once per record):
+VOCABULARY = pl.col("_vocabulary")  # "ICD10/I10" -> "ICD10"; "MEDS_BIRTH" stays whole
+FAMILY = pl.col("_family")  # diagnosis, drug or other (`claimsutil.meds.code_family`)
+# A filter on one family alone is cheaper as the expression itself (`family_expr()`, evaluated in the scan).
 
 
 # --- streaming -------------------------------------------------------------------------------
 
 
-def _per_shard(source: Events | str | Path, shard_fn: Callable[[pl.LazyFrame], pl.LazyFrame]) -> pl.DataFrame:
-    """SHARD_FN applied to the study's view of every shard (`claimsutil.meds.Events.scan`), collected one
-    shard at a time and stacked."""
+def _shard_view(events: Events, path: Path, family: bool = False) -> pl.LazyFrame:
+    """The study's view of one shard (`claimsutil.meds.Events.scan`). FAMILY: with each record's code
+    vocabulary and family (`_vocabulary`, `_family`, used as VOCABULARY and FAMILY), joined from a table of
+    the shard's distinct codes: string work on a few thousand codes instead of tens of millions of records."""
+    lf = events.scan(path)
+    if not family:
+        return lf
+    codes = (
+        lf.select(pl.col("code").unique())
+        .collect()
+        .with_columns(_vocabulary=pl.col("code").str.split("/").list.first(), _family=family_expr())
+    )
+    return lf.join(codes.lazy(), on="code", how="left", nulls_equal=True, maintain_order="left")
+
+
+def _per_shard(source: Events | str | Path, shard_fn: Callable[[pl.LazyFrame], pl.LazyFrame],
+               family: bool = False) -> pl.DataFrame:  # fmt: skip
+    """SHARD_FN applied to the study's view of every shard (`_shard_view`, with FAMILY columns or not),
+    collected one shard at a time and stacked."""
     events = open_events(source)
     bar = tqdm(events.paths, desc="shards", unit="shard", disable=None)
-    parts = [shard_fn(events.scan(p)).collect() for p in bar]
+    parts = [shard_fn(_shard_view(events, p, family)).collect() for p in bar]
     return pl.concat(parts, how="vertical_relaxed")
 
 
@@ -266,7 +284,7 @@ def codes_by_family(source: Events | str | Path) -> pl.DataFrame:
         )
         return pl.concat([per_code.with_columns(patients=pl.lit(0, pl.Int64)), per_family])
 
-    parts = _per_shard(events, shard)
+    parts = _per_shard(events, shard, family=True)
     return (
         parts.group_by("family")
         .agg(
@@ -325,7 +343,7 @@ def code_frequencies(source: Events | str | Path, family: str = DIAGNOSIS_FAMILY
 
     def shard(lf: pl.LazyFrame) -> pl.LazyFrame:
         return (
-            lf.filter(FAMILY == family)
+            lf.filter(family_expr() == family)
             .group_by("code")
             .agg(records=pl.len().cast(pl.Int64), patients=pl.col("subject_id").n_unique().cast(pl.Int64))
         )
@@ -383,7 +401,7 @@ def receipt_contents(source: Events | str | Path) -> pl.DataFrame:
             .agg(n=pl.len())
         )
 
-    parts = _per_shard(source, shard)
+    parts = _per_shard(source, shard, family=True)
     rows = [
         {"family": f, **_distribution(parts.filter(pl.col("family") == f), "per_receipt")}
         for f in ("diagnosis", "drug")
@@ -406,7 +424,7 @@ def distinct_codes(source: Events | str | Path) -> pl.DataFrame:
             ]
         )
 
-    parts = _per_shard(source, shard)
+    parts = _per_shard(source, shard, family=True)
     return pl.DataFrame(
         [{"unit": u, **_distribution(parts.filter(pl.col("unit") == u), "k")} for u in ("patient-year", "patient")]
     )
@@ -425,8 +443,8 @@ def chapter_correlations(source: Events | str | Path) -> pl.DataFrame:
     events = open_events(source)
     for path in tqdm(events.paths, desc="shards", unit="shard", disable=None):
         long = (
-            events.scan(path)
-            .filter(FAMILY == DIAGNOSIS_FAMILY)
+            _shard_view(events, path)
+            .filter(family_expr() == DIAGNOSIS_FAMILY)
             .with_columns(chapter=chapter_expr())
             .drop_nulls("chapter")
             .group_by("subject_id", "chapter")
@@ -617,8 +635,8 @@ def one_year_incidence(
     events = open_events(source)
     end_of_data = data_end(events)
     years = list(years) or [last_full_year(events) - i for i in range(3)]
-    parts = [_per_shard(events, lambda lf, y=y: _shard_incidence(lf, outcomes, y, end_of_data)) for y in years]
-    totals = pl.concat(parts).sum()
+    parts = _per_shard(events, lambda lf: pl.concat([_shard_incidence(lf, outcomes, y, end_of_data) for y in years]))
+    totals = parts.sum()
     rows = [
         {"outcome": name, "at_risk": totals[f"{name}:at_risk"].item(), "cases": totals[f"{name}:cases"].item()}
         for name in outcomes
@@ -694,7 +712,7 @@ def hospital_profile(source: Events | str | Path) -> pl.DataFrame:
             antihypertensive_starters=(pl.col("first_ccb") | pl.col("first_arb")).sum().cast(pl.Int64),
         )
 
-    totals = _per_shard(events, shard).group_by("hospital").agg(pl.all().sum())
+    totals = _per_shard(events, shard, family=True).group_by("hospital").agg(pl.all().sum())
     person_years = pl.col("covered_days") / DAYS_PER_YEAR
     starters = pl.col("antihypertensive_starters")
     profile = totals.sort(pl.col("hospital") == UNKNOWN, "hospital").select(
@@ -729,7 +747,7 @@ def suspected_by_code(source: Events | str | Path) -> pl.DataFrame:
     events = open_events(source)
 
     def shard(lf: pl.LazyFrame) -> pl.LazyFrame:
-        diagnoses = lf.filter(FAMILY == DIAGNOSIS_FAMILY)
+        diagnoses = lf.filter(family_expr() == DIAGNOSIS_FAMILY)
         pairs = diagnoses.group_by("subject_id", "code").agg(
             events=pl.len().cast(pl.Int64),
             suspected_events=pl.col("suspected").sum().cast(pl.Int64),

@@ -289,8 +289,7 @@ def test_baseline_beats_the_positive_rate_and_not_the_oracle(generated):
     # Enough futures that the oracle's Monte Carlo noise does not decide the comparison: with 100, four in five
     # patients get probability 0 at a 1% outcome rate and the oracle's AUROC drops by about 0.06.
     truth = generated.with_name("meds_truth")
-    oracle = outcome_probabilities(truth, test, spec.outcome, spec.horizon_days, replicates=400, seed=2,
-                                   workers=2)
+    oracle = outcome_probabilities(truth, test, spec.outcome, spec.horizon_days, replicates=400, seed=2, workers=2)
     p_oracle = test.select("subject_id").join(oracle, on="subject_id", how="left")["probability"].to_numpy()
     y = test["boolean_value"].to_numpy()
     assert y.sum() >= 20  # enough positives for the comparisons below to mean something

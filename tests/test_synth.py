@@ -530,8 +530,10 @@ def test_tail_history_matches_data(small):
     full = log.group_by("subject_id").len().filter(pl.col("len") >= tail.HISTORY)["subject_id"].implode()
     assert log.height > 1000 and full.list.len().item() < 0.1 * log["subject_id"].n_unique()
     key = ["subject_id", "category", "month"]
-    assert data.filter(~pl.col("subject_id").is_in(full)).sort(key).equals(
-        log.filter(~pl.col("subject_id").is_in(full)).select(key).sort(key)
+    assert (
+        data.filter(~pl.col("subject_id").is_in(full))
+        .sort(key)
+        .equals(log.filter(~pl.col("subject_id").is_in(full)).select(key).sort(key))
     )
     # The oracle's history at an index month is the log up to that month, as category indices.
     sid, month = log.filter(pl.col("subject_id").is_in(full).not_()).row(log.height // 2)[:2]

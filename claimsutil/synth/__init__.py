@@ -117,11 +117,13 @@ def _tail_history_table(world: World, out: BlockOutput) -> pa.Table:
     log = out.tail_history
     first = np.datetime64(world.start.isoformat(), "M")
     names = pa.array([c.code for c in tail_catalog.categories()], pa.string())
-    return pa.table({
-        "subject_id": pa.array(log["subject_id"], pa.int64()),
-        "month": pa.array((first + log["month"].astype(np.int64)).astype("datetime64[D]")),
-        "category": pa.DictionaryArray.from_arrays(pa.array(log["category"], pa.int16()), names).cast(pa.string()),
-    })
+    return pa.table(
+        {
+            "subject_id": pa.array(log["subject_id"], pa.int64()),
+            "month": pa.array((first + log["month"].astype(np.int64)).astype("datetime64[D]")),
+            "category": pa.DictionaryArray.from_arrays(pa.array(log["category"], pa.int16()), names).cast(pa.string()),
+        }
+    )
 
 
 def _shard_blocks(params: SynthParams) -> list[list[tuple[int, int, int]]]:
@@ -193,7 +195,11 @@ def generate(params: SynthParams, out_dir: str | Path, truth_dir: str | Path, pr
     for d in (out_dir, truth_dir):
         if d.exists():
             shutil.rmtree(d)
-    for d in (out_dir / DATA_DIR, out_dir / "metadata", *(truth_dir / k for k in ("subjects", "hazards", "tail_history"))):
+    for d in (
+        out_dir / DATA_DIR,
+        out_dir / "metadata",
+        *(truth_dir / k for k in ("subjects", "hazards", "tail_history")),
+    ):
         d.mkdir(parents=True)
     shards = _shard_blocks(params)
     t0 = time.perf_counter()

@@ -225,9 +225,7 @@ def _probabilities(truth_dir: str | Path, asks: list[tuple[pl.DataFrame, _Query]
     for a, (labels, _) in enumerate(asks):
         mine = [j for j in range(len(jobs)) if owners[j] == a]
         if mine:
-            probs = pl.concat(
-                [jobs[j][3].select("subject_id").with_columns(probability=results[j]) for j in mine]
-            )
+            probs = pl.concat([jobs[j][3].select("subject_id").with_columns(probability=results[j]) for j in mine])
         else:
             probs = pl.DataFrame(schema={"subject_id": pl.Int64, "probability": pl.Float64})
         out.append(labels.select("subject_id", "prediction_time").join(probs, on="subject_id", how="left"))
@@ -277,8 +275,7 @@ def score_tasks(truth_dir: str | Path, cohorts: dict, splits: pl.DataFrame, para
     """The oracle's predictions of every task's whole test split, written to OUT_DIR/<task>.parquet, and their
     metrics on the task's evaluation sample (SAMPLES, `claimsutil.cohort.task_samples`: the number every model
     gets) and on the whole test split (the check of the sample). ({}, {}) without ground truth (user data)."""
-    predictions = task_predictions(truth_dir, cohorts, splits, params.oracle_replicates, params.seed,
-                                   params.workers)
+    predictions = task_predictions(truth_dir, cohorts, splits, params.oracle_replicates, params.seed, params.workers)
     on_sample, whole = {}, {}
     for name, frame in predictions.items():
         write_predictions(frame, Path(out_dir) / f"{name}.parquet")

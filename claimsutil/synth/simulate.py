@@ -862,7 +862,11 @@ class BlockSimulator:
         month = np.concatenate([np.full(len(p), t, np.int16) for p, t, _ in parts])
         category = np.concatenate([c for _, _, c in parts])
         order = np.lexsort((self.w.tail.cat_system[category], month, pid))
-        return {"subject_id": first_id + pid[order].astype(np.int64), "month": month[order], "category": category[order]}
+        return {
+            "subject_id": first_id + pid[order].astype(np.int64),
+            "month": month[order],
+            "category": category[order],
+        }
 
     def _hazard_truth(self, first_id: int) -> dict[str, np.ndarray]:
         if not self.truth_rows:
