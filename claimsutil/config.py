@@ -343,6 +343,39 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class LawsConfig:
+    """The scaling-law study (claimsutil.laws): an IsoFLOP grid of pretraining runs and the learning-rate sweep."""
+
+    objective: tuple[str, ...] = ("diagnosis", "drug")  # validation losses summed into the fitted objective
+    budgets: tuple[float, ...] = (3e11, 1e12, 3e12)  # training compute C = 6 N D (non-embedding N)
+    sizes: dict[str, dict[str, float]] = field(default_factory=dict)  # ladder: name -> n_layer, n_head, n_embd, lr
+    min_tokens: int = 300_000  # a budget runs every size whose D = C / 6N lies in [min_tokens, max_tokens]
+    max_tokens: int = 6_000_000
+    tokens_per_step: int = 4096  # real tokens per optimizer step of a grid run (one process)
+    warmup_share: float = 0.05  # warm-up steps as a share of a run's steps
+    eval_tokens: int = 131_072  # real tokens of the common validation sample every run is scored on
+    n_resamples: int = 200  # bootstrap replicates (each refits both approaches)
+    lr_sweep: tuple[float, ...] = (0.5, 1.0, 2.0)  # multipliers of a scale's learning rate
+    lr_sweep_scales: tuple[str, ...] = ("xs", "xl")  # scales swept, each on its pretraining token budget
+    workers: int = execution(2)  # processes training runs in parallel (one thread each)
+
+    def __post_init__(self) -> None:
+        _require(self, len(self.budgets) >= 1 and all(b > 0 for b in self.budgets), "budgets", "must be > 0")
+        _require(self, bool(self.objective) and set(self.objective) <= {"diagnosis", "drug", "age"}, "objective",
+                 "must list diagnosis, drug and/or age")  # fmt: skip
+        for name, size in self.sizes.items():
+            ok = set(size) == {"n_layer", "n_head", "n_embd", "lr"} and all(v > 0 for v in size.values())
+            ok = ok and all(float(size[k]).is_integer() for k in ("n_layer", "n_head", "n_embd"))
+            _require(self, ok and int(size["n_embd"]) % int(size["n_head"]) == 0, f"sizes.{name}",
+                     "must set n_layer, n_head, n_embd (a multiple of n_head) and lr, all > 0")  # fmt: skip
+        _require(self, 1 <= self.min_tokens <= self.max_tokens, "min_tokens", "must be in [1, max_tokens]")
+        for key in ("tokens_per_step", "eval_tokens", "n_resamples", "workers"):
+            _require(self, getattr(self, key) >= 1, key, "must be >= 1")
+        _require(self, 0 <= self.warmup_share < 1, "warmup_share", "must be in [0, 1)")
+        _require(self, all(m > 0 for m in self.lr_sweep), "lr_sweep", "must be multipliers > 0")
+
+
+@dataclass(frozen=True)
 class EvaluationParams:
     """How every stage scores a model: the same resamples of the same patients, so one model, task and budget
     gets one number (and one interval) wherever it is reported."""
@@ -366,6 +399,7 @@ SECTIONS: dict[str, type] = {
     "features": FeatureConfig,
     "baseline": BaselineConfig,
     "finetune": FinetuneConfig,
+    "laws": LawsConfig,
     "evaluation": EvaluationParams,
 }
 TOP_LEVEL = ("profile", *SECTIONS, "scales", "tasks")
@@ -385,6 +419,7 @@ class StudyParams:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    laws: LawsConfig = field(default_factory=LawsConfig)
     evaluation: EvaluationParams = field(default_factory=EvaluationParams)
 
     def task(self, name: str) -> TaskSpec:

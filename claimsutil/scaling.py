@@ -49,8 +49,20 @@ def read_pretrain_metrics(metrics_dir: str | Path, scales: list[str]) -> dict[st
 TABLE1_NOT_COUNTS = ("parameters", "non_embedding", "layers", "width", "heads", "ffn", "tokens")  # model shapes
 
 
-def table1(pretrain: dict[str, dict]) -> pl.DataFrame:
-    """Model configurations: one row per scale, smallest first."""
+def read_frequency_baseline(metrics_dir: str | Path) -> dict[str, float]:
+    """{family: unigram cross-entropy} from the tokenize stage's metrics ({} when it has none)."""
+    path = Path(metrics_dir) / "tokenize.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no tokenize metrics (run the tokenize stage)")
+    prefix = "frequency_baseline_"
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    return {k[len(prefix) :]: float(v) for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def table1(pretrain: dict[str, dict], baseline: dict[str, float] | None = None) -> pl.DataFrame:
+    """Model configurations: one row per scale, smallest first. BASELINE (the tokenize stage's frequency
+    baseline per family): each family's unigram cross-entropy beside the scale's loss, and how far below
+    it the scale ends (positive: the model has learned more than code frequencies)."""
     rows = []
     for scale, m in pretrain.items():
         val = m.get("final_val_loss") or {}
@@ -61,6 +73,10 @@ def table1(pretrain: dict[str, dict]) -> pl.DataFrame:
             "hours": m["wall_time_s"] / 3600, "val_loss": val.get("total"), "val_loss_diagnosis": val.get("diagnosis"),
             "val_loss_drug": val.get("drug"), "val_loss_age": val.get("age"),
         })  # fmt: skip
+        for family in ("diagnosis", "drug"):
+            if baseline and family in baseline and val.get(family) is not None:
+                ce = baseline[family]
+                rows[-1] |= {f"baseline_{family}": ce, f"below_baseline_{family}": ce - val[family]}
     return pl.DataFrame(rows)
 
 
@@ -390,13 +406,17 @@ def plot_pipeline():
 
 
 def plot_pretraining(t1: pl.DataFrame):
-    """Figure 2: final validation loss against parameters and against training FLOPs, log-log, with fits."""
+    """Figure 2: final validation loss against parameters and against training FLOPs, log-log, with fits;
+    and, where Table 1 has the frequency baseline, each family's loss against parameters beside it."""
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    with_baseline = "baseline_diagnosis" in t1.columns
+    fig, axes = plt.subplots(1, 3 if with_baseline else 2, figsize=(13.5 if with_baseline else 9, 3.6))
+    if with_baseline:
+        _plot_against_baseline(axes[2], t1)
     fits = {}
-    for ax, column, label in zip(axes, ("non_embedding", "flops"), ("non-embedding parameters", "training FLOPs"),
+    for ax, column, label in zip(axes[:2], ("non_embedding", "flops"), ("non-embedding parameters", "training FLOPs"),
                                  strict=True):  # fmt: skip
         x, y = t1[column].to_numpy().astype(float), t1["val_loss"].to_numpy().astype(float)
         ax.loglog(x, y, "o", color="tab:blue")
@@ -418,6 +438,23 @@ def plot_pretraining(t1: pl.DataFrame):
         ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2f"))
     fig.tight_layout()
     return fig, fits
+
+
+def _plot_against_baseline(ax, t1: pl.DataFrame) -> None:
+    """Each family's validation loss against parameters, the frequency baseline as a line, the distance below
+    it written at every scale."""
+    x = t1["non_embedding"].to_numpy().astype(float)
+    for family, color in (("diagnosis", "tab:blue"), ("drug", "tab:orange")):
+        y, base = t1[f"val_loss_{family}"].to_numpy().astype(float), float(t1[f"baseline_{family}"][0])
+        ax.plot(x, y, "o-", color=color, label=f"{family}")
+        ax.axhline(base, color=color, ls="--", lw=1, label=f"{family} frequency baseline {base:.3f}")
+        for xi, yi in zip(x, y, strict=True):
+            ax.annotate(f"{base - yi:+.2f}", (xi, yi), textcoords="offset points", xytext=(0, -11), fontsize=7,
+                        ha="center", color=color)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set(xlabel="non-embedding parameters", ylabel="validation cross-entropy (nats)",
+           title="Below the frequency baseline by")  # fmt: skip
+    ax.legend(fontsize=7)
 
 
 def plot_tasks(results: pl.DataFrame, t1: pl.DataFrame, tasks: list[str], budgets: list[str], title: str):
@@ -510,7 +547,8 @@ def _short_number(x: float) -> str:
 def notebook_reports(scales: list[str]) -> list[str]:
     """The HTML export of every notebook the pipeline runs, in pipeline order."""
     return (["00_data.html", "01_cohort.html", "02_tokenize.html"] + [f"03_pretrain-{s}.html" for s in scales]
-            + [f"04_finetune-{s}.html" for s in scales] + ["05_baseline.html", "06_scaling.html"])  # fmt: skip
+            + [f"04_finetune-{s}.html" for s in scales] + ["05_baseline.html", "06_scaling.html",
+                                                             "07_scaling_laws.html"])  # fmt: skip
 
 
 def write_index(reports_dir: str | Path, headline: list[str], notebooks: list[str]) -> Path:

@@ -119,3 +119,24 @@ def test_index_links_tables_figures_and_notebooks(tmp_path):
                  "figures/figure1_pipeline.svg", "04_finetune-xs.html", "06_scaling.html"):  # fmt: skip
         assert f"'{link}'" in text
     assert "a &lt;finding&gt;" in text
+
+
+def test_table1_puts_the_frequency_baseline_beside_each_loss_and_the_distance_below_it():
+    metrics = {"parameters": 100, "parameters_non_embedding": 10, "layers": 1, "width": 8, "heads": 1, "ffn": 32,
+               "tokens_seen": 1000, "training_flops": 1e9, "wall_time_s": 36.0,
+               "final_val_loss": {"total": 9.0, "diagnosis": 5.0, "drug": 4.0, "age": 0.01}}  # fmt: skip
+    baseline = {"diagnosis": 5.8, "drug": 3.9}
+    t1 = scaling.table1({"xs": metrics}, baseline)
+    assert t1["baseline_diagnosis"][0] == 5.8 and t1["below_baseline_diagnosis"][0] == pytest.approx(0.8)
+    assert t1["below_baseline_drug"][0] == pytest.approx(-0.1)  # above the baseline: negative, shown as it is
+    assert "baseline_drug" not in scaling.table1({"xs": metrics}).columns
+    bigger = metrics | {"parameters_non_embedding": 40, "training_flops": 4e9}
+    fig, _ = scaling.plot_pretraining(scaling.table1({"xs": metrics, "s": bigger}, baseline))
+    assert len(fig.axes) == 3
+
+
+def test_frequency_baseline_is_read_from_the_tokenize_metrics(tmp_path):
+    (tmp_path / "tokenize.json").write_text('{"frequency_baseline_drug": 4.2, "vocabulary": 9}')
+    assert scaling.read_frequency_baseline(tmp_path) == {"drug": 4.2}
+    with pytest.raises(FileNotFoundError, match="run the tokenize stage"):
+        scaling.read_frequency_baseline(tmp_path / "nowhere")

@@ -135,8 +135,11 @@ def family_counts(model_family: torch.Tensor, targets: torch.Tensor, positions: 
 
 
 @torch.no_grad()
-def evaluate(model: ClaimsEncoder, batches: list[dict[str, torch.Tensor]], device, bf16: bool) -> dict[str, float]:
-    """Validation loss per family (mean over all masked codes of the sample) and the weighted total."""
+def evaluate(
+    model: ClaimsEncoder, batches: list[dict[str, torch.Tensor]], device, bf16: bool, per_batch: list | None = None
+) -> dict[str, float]:
+    """Validation loss per family (mean over all masked codes of the sample) and the weighted total.
+    PER_BATCH: a list that receives, per batch, {family: (loss sum, masked codes)} (for a bootstrap)."""
     model.eval()
     sums = dict.fromkeys(FAMILIES, 0.0)
     counts = dict.fromkeys(FAMILIES, 0)
@@ -150,9 +153,12 @@ def evaluate(model: ClaimsEncoder, batches: list[dict[str, torch.Tensor]], devic
                 mlm_positions=b["positions"].to(device),
                 targets=b["targets"].clamp(min=0).to(device),
             )
-        for f in FAMILIES:
-            sums[f] += float(out[f"loss_{f}"]) * int(out[f"n_{f}"])
-            counts[f] += int(out[f"n_{f}"])
+        this = {f: (float(out[f"loss_{f}"]) * int(out[f"n_{f}"]), int(out[f"n_{f}"])) for f in FAMILIES}
+        for f, (s, n) in this.items():
+            sums[f] += s
+            counts[f] += n
+        if per_batch is not None:
+            per_batch.append(this)
     model.train()
     losses = {f: sums[f] / max(counts[f], 1) for f in FAMILIES}
     cfg = model.config
