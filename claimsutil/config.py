@@ -648,6 +648,23 @@ def profile_names(root: Path | None = None) -> list[str]:
     return sorted(p.stem for p in (root / PROFILES_DIR).glob("*.yaml"))
 
 
+REPLACED_WHOLE = ("laws.sizes",)  # values a profile replaces as a whole (its model ladder), never key by key
+
+
+def _replace_mapping(mapping: Any, value: dict) -> None:
+    """Replace the entries of a round-trip MAPPING in place (its key's comment stays), each entry written on
+    one line, as params.yaml writes the ladder."""
+    from ruamel.yaml.comments import CommentedMap
+
+    for key in list(mapping):
+        del mapping[key]
+    for key, entry in value.items():
+        if isinstance(entry, dict):
+            entry = CommentedMap(entry)
+            entry.fa.set_flow_style()
+        mapping[key] = entry
+
+
 def use_profile(name: str, root: Path | None = None) -> list[str]:
     """Overwrite the keys that profiles/NAME.yaml sets in params.yaml; returns the dotted keys changed.
 
@@ -659,9 +676,10 @@ def use_profile(name: str, root: Path | None = None) -> list[str]:
     overlay_path = root / PROFILES_DIR / f"{name}.yaml"
     if not overlay_path.is_file():
         raise ParamsError(f"unknown profile '{name}': choose one of {profile_names(root)}")
-    overlay = read_yaml(overlay_path) or {}
+    read_yaml(overlay_path)  # strict: duplicate keys and syntax errors name the line
     rt = YAML()
     rt.preserve_quotes = True
+    overlay = rt.load(overlay_path.read_text(encoding="utf-8")) or {}  # round-trip: 3.0e+11 stays 3.0e+11
     # Write null as `null`, as params.yaml spells it (ruamel would leave the value empty).
     rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     params_path = root / PARAMS_FILE
@@ -671,7 +689,11 @@ def use_profile(name: str, root: Path | None = None) -> list[str]:
     def merge(target: Any, patch: dict, prefix: str) -> None:
         for key, value in patch.items():
             dotted = f"{prefix}{key}"
-            if isinstance(value, dict):
+            if dotted in REPLACED_WHOLE:  # a mapping of the profile's own entries, not keys to patch
+                if target.get(key) != value:
+                    changed.append(dotted)
+                    _replace_mapping(target[key], value)
+            elif isinstance(value, dict):
                 if key not in target or not isinstance(target[key], dict):
                     raise ParamsError(f"{overlay_path.name}: {dotted} is not a section of {PARAMS_FILE}")
                 merge(target[key], value, dotted + ".")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from claimsutil.config import ParamsError, load_params, profile_names, use_profile
+from claimsutil.config import REPLACED_WHOLE, ParamsError, load_params, profile_names, use_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,11 @@ def test_committed_params_are_the_demo_profile():
 
 
 def _keys(d: dict, prefix: str = "") -> set[str]:
-    return {k2 for k, v in d.items() for k2 in (_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k})}
+    def leaf(key: str, value) -> bool:
+        return not isinstance(value, dict) or key in REPLACED_WHOLE
+
+    return {k2 for k, v in d.items()
+            for k2 in ({prefix + k} if leaf(prefix + k, v) else _keys(v, f"{prefix}{k}."))}  # fmt: skip
 
 
 def test_profiles_set_the_same_keys():
@@ -75,6 +79,12 @@ def test_use_profile_rewrites_only_profile_keys(project):
     assert params.profile == "tiny" and params.synth.patients == 8000
     text = (project / "params.yaml").read_text()
     assert "# Every knob the study has" in text  # comments survive
+    use_profile("demo", project)
+    assert (project / "params.yaml").read_text() == before
+    changed = use_profile("paper", project)  # a profile's own model ladder replaces the whole ladder
+    assert "laws.sizes" in changed and set(load_params(project / "params.yaml").laws.sizes) == set(
+        yaml.safe_load((project / "profiles" / "paper.yaml").read_text())["laws"]["sizes"]
+    )
     use_profile("demo", project)
     assert (project / "params.yaml").read_text() == before
 
