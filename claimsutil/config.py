@@ -251,7 +251,12 @@ class PretrainConfig:
     seed: int = 29  # model init, epoch permutations, masks and the validation sample
     tokens_per_step: int = 8192  # real (non-pad) tokens per optimizer step: the batch size in tokens
     micro_tokens: int = 4096  # row budget of one micro-batch, in tokens (rows = micro_tokens // row_len)
-    max_steps: int = 120  # optimizer steps; the schedule decays to min_lr at the last one
+    max_steps: int = 120  # optimizer steps; the schedule decays to min_lr at the last one; 0: the token rule
+    # The token rule (max_steps 0): tokens = tokens_per_parameter x non-embedding parameters, at least
+    # min_tokens and at most max_tokens, rounded up to whole steps.
+    tokens_per_parameter: float = 20.0
+    min_tokens: int = 1_000_000
+    max_tokens: int = 10_000_000
     lr: float = 0.002  # peak learning rate, reached at the end of warm-up
     min_lr: float = 0.0002  # learning rate at the last step (cosine decay from lr)
     warmup_steps: int = 12  # linear warm-up from lr / warmup_steps to lr
@@ -267,9 +272,12 @@ class PretrainConfig:
     num_threads: int = 1  # torch threads per process (one process per core; results may depend on it)
 
     def __post_init__(self) -> None:
-        for key in ("processes", "tokens_per_step", "micro_tokens", "max_steps", "eval_every", "eval_tokens",
-                    "checkpoint_every", "num_threads"):  # fmt: skip
+        for key in ("processes", "tokens_per_step", "micro_tokens", "eval_every", "eval_tokens",
+                    "checkpoint_every", "num_threads", "min_tokens"):  # fmt: skip
             _require(self, getattr(self, key) >= 1, key, "must be >= 1")
+        _require(self, self.max_steps >= 0, "max_steps", "must be >= 0 (0: steps from the token rule)")
+        _require(self, self.tokens_per_parameter > 0, "tokens_per_parameter", "must be > 0")
+        _require(self, self.max_tokens >= self.min_tokens, "max_tokens", "must be >= min_tokens")
         _require(self, self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         _require(self, self.lr > 0 and 0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, lr] (and lr > 0)")
         _require(self, 0 < self.mask_rate < 1, "mask_rate", "must be in (0, 1)")
@@ -277,7 +285,17 @@ class PretrainConfig:
         _require(self, all(0 <= b < 1 for b in self.betas), "betas", "must be two numbers in [0, 1)")
 
 
-SCALE_KEYS = ("lr", "min_lr", "warmup_steps", "max_steps", "tokens_per_step", "micro_tokens", "weight_decay", "seed")
+    def steps_for(self, parameters: int) -> int:
+        """Optimizer steps of a model with PARAMETERS non-embedding parameters: max_steps, or with max_steps 0
+        the token rule (tokens_per_parameter x parameters within [min_tokens, max_tokens], whole steps)."""
+        if self.max_steps > 0:
+            return self.max_steps
+        tokens = min(max(self.tokens_per_parameter * parameters, self.min_tokens), self.max_tokens)
+        return max(1, math.ceil(tokens / self.tokens_per_step))
+
+
+SCALE_KEYS = ("lr", "min_lr", "warmup_steps", "max_steps", "tokens_per_step", "micro_tokens", "weight_decay", "seed",
+              "tokens_per_parameter", "min_tokens", "max_tokens")
 
 
 @dataclass(frozen=True)

@@ -563,9 +563,10 @@ def plan_lr_sweep(params, parameters: dict[str, int]) -> list[GridRun]:
     runs = []
     for scale in params.laws.lr_sweep_scales:
         config, n = params.pretrain_for(scale), parameters[f"scale-{scale}"]
-        tokens = config.max_steps * config.tokens_per_step
+        steps = config.steps_for(n)
+        tokens = steps * config.tokens_per_step
         for m in params.laws.lr_sweep:
-            runs.append(GridRun(float(6 * n * tokens), f"scale-{scale}", n, tokens, config.max_steps,
+            runs.append(GridRun(float(6 * n * tokens), f"scale-{scale}", n, tokens, steps,
                                 config.tokens_per_step, config.warmup_steps, float(m)))  # fmt: skip
     return runs
 
@@ -581,7 +582,7 @@ def study_scales(params, store_dir: str | Path) -> dict[str, tuple[int, int]]:
         config = params.pretrain_for(scale)
         shape = {**SCALES[config.profile][scale], "lr": config.lr}
         n = encoder_parameters({scale: shape}, vocab_size, max_len)[scale]
-        out[scale] = (n, config.max_steps * config.tokens_per_step)
+        out[scale] = (n, config.steps_for(n) * config.tokens_per_step)
     return out
 
 

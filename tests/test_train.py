@@ -20,8 +20,8 @@ from claimsutil import splits as sp
 from claimsutil import tokenize as tok
 from claimsutil import train as tr
 from claimsutil.batching import PackedRows
-from claimsutil.config import CohortParams, SynthParams
-from claimsutil.model import PAD_ID, config_for
+from claimsutil.config import CohortParams, ParamsError, PretrainConfig, SynthParams, build_section
+from claimsutil.model import PAD_ID, ClaimsEncoder, ModelConfig, config_for
 from claimsutil.synth import generate
 from claimsutil.train.__main__ import main as train_cli
 
@@ -214,3 +214,19 @@ def test_bad_inputs_are_named(store, tmp_path):
     run(store, tmp_path / "a", c, stop_after=1)
     with pytest.raises(ValueError, match="another model or pretraining config"):
         run(store, tmp_path / "a", replace(c, lr=1e-2))
+
+
+def test_token_rule_gives_each_scale_tokens_by_its_size_within_floor_and_cap():
+    rule = PretrainConfig(max_steps=0, tokens_per_parameter=20, min_tokens=1_000_000, max_tokens=8_000_000,
+                          tokens_per_step=8192)  # fmt: skip
+    assert rule.steps_for(100_000) == math.ceil(2_000_000 / 8192)  # 20 x N
+    assert rule.steps_for(10_000) == math.ceil(1_000_000 / 8192)  # the floor
+    assert rule.steps_for(5_000_000) == math.ceil(8_000_000 / 8192)  # the cap
+    assert replace(rule, max_steps=7).steps_for(100_000) == 7  # a fixed max_steps wins
+    model = ModelConfig(vocab_size=50, max_len=32, n_layer=2, n_head=2, n_embd=64)
+    n = ClaimsEncoder(model, torch.zeros(50, dtype=torch.long)).get_num_params()
+    assert tr.with_token_budget(rule, model).max_steps == rule.steps_for(n) == math.ceil(20 * n / 8192)
+    with pytest.raises(ParamsError, match="max_steps = -1 must be >= 0"):
+        build_section(PretrainConfig, "pretrain", {"max_steps": -1})
+    with pytest.raises(ParamsError, match="max_tokens = 5 must be >= min_tokens"):
+        build_section(PretrainConfig, "pretrain", {"max_steps": 0, "max_tokens": 5})

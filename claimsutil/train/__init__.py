@@ -14,9 +14,11 @@ from claimsutil.train.launch import (
     pretrain_processes,
     read_loss_curve,
     run_pretraining,
+    sized_run,
     split_ids,
     start_run,
     table1_row,
+    with_token_budget,
 )
 from claimsutil.train.loop import (
     FAMILIES,
@@ -60,10 +62,12 @@ __all__ = [
     "read_loss_curve",
     "result_config",
     "run_pretraining",
+    "sized_run",
     "split_ids",
     "start_run",
     "step_generator",
     "table1_row",
     "train_step",
     "validation_batches",
+    "with_token_budget",
 ]

@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import polars as pl
 import torch
 
 from claimsutil.config import PretrainConfig
-from claimsutil.model import ModelConfig, config_for
+from claimsutil.model import ClaimsEncoder, ModelConfig, config_for
 from claimsutil.train.loop import pretrain, result_config
 
 
@@ -102,6 +102,19 @@ def pretrain_processes(store_dir: str | Path, splits_path: str | Path, out_dir: 
 def model_config(config: PretrainConfig, scale: str, store) -> ModelConfig:
     """The model of SCALE in config.profile's presets, sized to the token store (vocabulary, max_len)."""
     return config_for(config.profile, scale, vocab_size=len(store.vocab.tokens), max_len=store.config.max_len)
+
+
+def with_token_budget(config: PretrainConfig, model: ModelConfig) -> PretrainConfig:
+    """CONFIG with max_steps resolved: the token rule applied to MODEL's non-embedding parameters (see
+    `PretrainConfig.steps_for`); a config with max_steps > 0 is returned as it is."""
+    n = ClaimsEncoder(model, torch.zeros(model.vocab_size, dtype=torch.long)).get_num_params()
+    return replace(config, max_steps=config.steps_for(n))
+
+
+def sized_run(config: PretrainConfig, scale: str, store) -> tuple[ModelConfig, PretrainConfig]:
+    """The model of SCALE sized to the store, and CONFIG with that model's token budget."""
+    model = model_config(config, scale, store)
+    return model, with_token_budget(config, model)
 
 
 def read_loss_curve(out_dir: str | Path) -> pl.DataFrame:
