@@ -78,6 +78,7 @@ class GridRun:
     tokens_per_step: int = 4096  # real tokens per optimizer step
     warmup_steps: int = -1  # -1: the context's warmup_share of the steps
     lr_scale: float = 1.0  # the size's peak learning rate times this (the learning-rate sweep)
+    model_dir: str = ""  # set: score the model already trained there (a pretrain stage's) instead of training
 
     @property
     def name(self) -> str:
@@ -157,7 +158,15 @@ def _cached(out: Path, run: GridRun, context: dict) -> dict | None:
         return None
     saved = json.loads(path.read_text(encoding="utf-8"))
     same = saved.get("run") == dataclasses.asdict(run) and saved.get("context") == json.loads(json.dumps(context))
+    if same and run.model_dir:  # a model trained elsewhere: the same only while its weights are
+        same = saved.get("model_md5") == _md5(Path(run.model_dir) / "model.pt")
     return saved if same else None
+
+
+def _md5(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def objective_losses(batches: pl.DataFrame, objective: tuple[str, ...], weights: np.ndarray | None = None,
@@ -208,7 +217,9 @@ def isoflop_vertex(budget: float, n: np.ndarray, loss: np.ndarray) -> Vertex | N
     if c2 <= 0:
         return None
     x_star = -c1 / (2 * c2)
-    n_star = float(np.exp(x_star))
+    n_star = float(np.exp(np.clip(x_star, -700, 700)))
+    if not 0 < n_star < math.inf:  # an almost straight profile: its vertex is nowhere near the sizes tried
+        return None
     return Vertex(budget, n_star, budget / (6 * n_star), float(c0 + c1 * x_star + c2 * x_star**2),
                   bool(x.min() <= x_star <= x.max()))  # fmt: skip
 
@@ -232,7 +243,10 @@ class Allocation:
 
 
 def fit_allocation(vertices: list[Vertex]) -> Allocation | None:
-    """The power law through the vertices of two or more budgets (None with fewer)."""
+    """The power law through the vertices inside the sizes tried, of two or more budgets (None with fewer:
+    a vertex outside the sizes is an extrapolation of a parabola, as Hoffmann et al. keep only bracketed
+    minima)."""
+    vertices = [v for v in vertices if v.interior]
     if len({v.budget for v in vertices}) < 2:
         return None
     a, log_k = np.polyfit(np.log([v.budget for v in vertices]), np.log([v.parameters for v in vertices]), 1)
@@ -291,16 +305,16 @@ def _surface_objective(theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, 
     return float(value.sum()), grad
 
 
-START_GRID = {  # starting points of the L-BFGS fits (a smaller grid than Hoffmann et al.'s, the same ranges)
-    "alpha": (0.1, 0.5, 1.0, 1.5),
-    "beta": (0.1, 0.5, 1.0, 1.5),
-    "e": (-1.0, 0.5, 1.5, 2.5),
-    "a": (0.0, 5.0, 10.0, 20.0),
-    "b": (0.0, 5.0, 10.0, 20.0),
+START_GRID = {  # starting points of the L-BFGS fits (Hoffmann et al.'s ranges for the exponents, A and B)
+    "alpha": (0.1, 0.3, 0.6, 1.0, 1.5),
+    "beta": (0.1, 0.3, 0.6, 1.0, 1.5),
+    "e_share": (0.3, 0.6, 0.8, 0.9, 0.97),  # E as a share of the lowest observed loss (losses differ by task)
+    "a": (0.0, 5.0, 10.0, 15.0, 20.0),
+    "b": (0.0, 5.0, 10.0, 15.0, 20.0),
 }
 
 
-SCREENED = 12  # starts refined with L-BFGS after screening the grid
+SCREENED = 40  # starts refined with L-BFGS after screening the grid
 
 
 def _screen(starts: np.ndarray, log_n, log_d, log_l, delta: float) -> np.ndarray:
@@ -320,9 +334,9 @@ def fit_surface(n, d, loss, starts: list[np.ndarray] | None = None, delta: float
     if len(log_n) < 5:
         raise ValueError(f"a loss surface has five parameters: needs five or more runs, got {len(log_n)}")
     if starts is None:
-        g = START_GRID
-        starts = [np.array([a, b, e, al, be]) for al in g["alpha"] for be in g["beta"] for e in g["e"]
-                  for a in g["a"] for b in g["b"]]  # fmt: skip
+        g, lowest = START_GRID, float(np.exp(log_l.min()))
+        starts = [np.array([a, b, math.log(share * lowest), al, be]) for al in g["alpha"] for be in g["beta"]
+                  for share in g["e_share"] for a in g["a"] for b in g["b"]]  # fmt: skip
     if len(starts) > SCREENED:  # screen the grid in one vectorised pass, refine the most promising starts
         starts = [starts[i] for i in np.argsort(_screen(np.array(starts), log_n, log_d, log_l, delta))[:SCREENED]]
     bounds = [(None, None), (None, None), (None, None), (0.0, 3.0), (0.0, 3.0)]
@@ -528,8 +542,10 @@ class EncoderGrid:
     context: dict
 
 
-def encoder_grid(params, store_dir: str | Path, splits_dir: str | Path) -> EncoderGrid:
-    """The grid and sweep of PARAMS (`laws`, `pretrain`, `scales`) on the token store in STORE_DIR."""
+def encoder_grid(params, store_dir: str | Path, splits_dir: str | Path, models_dir: str | Path | None = None
+                 ) -> EncoderGrid:  # fmt: skip
+    """The grid and sweep of PARAMS (`laws`, `pretrain`, `scales`) on the token store in STORE_DIR;
+    MODELS_DIR: where the pretrain stages' models are (the sweep's chosen-rate points)."""
     from claimsutil.config import execution_fields
     from claimsutil.tokenize import TokenStore
 
@@ -541,7 +557,8 @@ def encoder_grid(params, store_dir: str | Path, splits_dir: str | Path) -> Encod
     shared = {f.name: getattr(params.pretrain, f.name) for f in dataclasses.fields(params.pretrain)
               if f.name not in execution_fields(type(params.pretrain))}  # fmt: skip
     context = encoder_context(str(store_dir), str(splits_dir), sizes, shared, config.eval_tokens, config.warmup_share)
-    return EncoderGrid(plan, plan_lr_sweep(params, parameters), sizes, json.loads(json.dumps(context)))
+    sweep = plan_lr_sweep(params, parameters, models_dir)
+    return EncoderGrid(plan, sweep, sizes, json.loads(json.dumps(context)))
 
 
 def sweep_sizes(params) -> dict[str, dict]:
@@ -557,17 +574,23 @@ def sweep_sizes(params) -> dict[str, dict]:
     return out
 
 
-def plan_lr_sweep(params, parameters: dict[str, int]) -> list[GridRun]:
+def plan_lr_sweep(params, parameters: dict[str, int], models_dir: str | Path | None = None) -> list[GridRun]:
     """The learning-rate sweep: each swept scale on its own pretraining configuration (tokens, batch,
-    warm-up), at its chosen rate times each `laws.lr_sweep` multiplier. PARAMETERS: size name -> N."""
+    warm-up), at its chosen rate times each `laws.lr_sweep` multiplier. PARAMETERS: size name -> N.
+    MODELS_DIR: the pretrain stages' models, scored for the chosen rate (multiplier 1) instead of training the
+    same configuration again (they ran in `pretrain.processes` processes: the same up to summation order)."""
     runs = []
     for scale in params.laws.lr_sweep_scales:
         config, n = params.pretrain_for(scale), parameters[f"scale-{scale}"]
         steps = config.steps_for(n)
         tokens = steps * config.tokens_per_step
         for m in params.laws.lr_sweep:
+            trained = str(Path(models_dir) / scale) if m == 1.0 and models_dir else ""
+            if trained and not (Path(trained) / "model.pt").is_file():
+                raise FileNotFoundError(f"{trained}/model.pt: no pretrained model of scale '{scale}' for the "
+                                        "learning-rate sweep (run its pretrain stage first)")  # fmt: skip
             runs.append(GridRun(float(6 * n * tokens), f"scale-{scale}", n, tokens, steps,
-                                config.tokens_per_step, config.warmup_steps, float(m)))  # fmt: skip
+                                config.tokens_per_step, config.warmup_steps, float(m), trained))  # fmt: skip
     return runs
 
 
@@ -634,16 +657,23 @@ def train_encoder_run(run: GridRun, context: dict) -> dict:
     import torch
 
     from claimsutil.config import PretrainConfig
-    from claimsutil.model import ClaimsEncoder, ModelConfig
+    from claimsutil.model import ModelConfig
     from claimsutil.splits import read_splits, subject_ids
     from claimsutil.tokenize import TokenStore
-    from claimsutil.train.loop import _store_indices, evaluate, pretrain, validation_batches
+    from claimsutil.train.loop import pretrain
 
     torch.set_num_threads(1)
     size = context["sizes"][run.size]
     store = TokenStore(context["store_dir"])
     splits = read_splits(context["splits_dir"])
     model_config = ModelConfig(vocab_size=len(store.vocab.tokens), max_len=store.config.max_len, **_shape(size))
+    validation = subject_ids(splits, ("validation",))
+    if run.model_dir:
+        saved = torch.load(Path(run.model_dir) / "model.pt", map_location="cpu", weights_only=False)
+        metrics = json.loads((Path(run.model_dir) / "metrics.json").read_text(encoding="utf-8"))
+        return _score(saved, ModelConfig(**saved["model_config"]), store, validation, context) | {
+            "wall_s": metrics["wall_time_s"], "tokens_seen": metrics["tokens_seen"],
+            "final_train_loss": metrics["final_train_loss"], "model_md5": _md5(Path(run.model_dir) / "model.pt")}
     config = PretrainConfig(**{**context["pretrain"], "betas": tuple(context["pretrain"]["betas"])})
     warmup = run.warmup_steps if run.warmup_steps >= 0 else max(1, round(context["warmup_share"] * run.steps))
     lr = float(size["lr"]) * run.lr_scale
@@ -651,11 +681,23 @@ def train_encoder_run(run: GridRun, context: dict) -> dict:
                                  warmup_steps=warmup, tokens_per_step=run.tokens_per_step,
                                  micro_tokens=min(config.micro_tokens, run.tokens_per_step), eval_every=run.steps,
                                  checkpoint_every=run.steps, processes=1, num_threads=1)  # fmt: skip
-    train, validation = subject_ids(splits, ("train",)), subject_ids(splits, ("validation",))
     with tempfile.TemporaryDirectory(prefix="claimsutil-laws-") as tmp:
-        metrics = pretrain(context["store_dir"], train, model_config, config, tmp, validation, resume=False,
-                           progress=False)  # fmt: skip
+        metrics = pretrain(context["store_dir"], subject_ids(splits, ("train",)), model_config, config, tmp,
+                           validation, resume=False, progress=False)  # fmt: skip
         saved = torch.load(Path(tmp) / "model.pt", map_location="cpu", weights_only=False)
+    return _score(saved, model_config, store, validation, context) | {
+        "wall_s": metrics["wall_time_s"], "tokens_seen": metrics["tokens_seen"],
+        "final_train_loss": metrics["final_train_loss"]}  # fmt: skip
+
+
+def _score(saved: dict, model_config, store, validation, context: dict) -> dict:
+    """A saved model's losses on the common validation sample, overall and per batch."""
+    import torch
+
+    from claimsutil.config import PretrainConfig
+    from claimsutil.model import ClaimsEncoder
+    from claimsutil.train.loop import _store_indices, evaluate, validation_batches
+
     model = ClaimsEncoder(model_config, torch.as_tensor(store.vocab.family_ids))
     model.load_state_dict(saved["model"])
     sample = dataclasses.replace(PretrainConfig(), seed=0, eval_tokens=context["eval_tokens"])
@@ -663,8 +705,7 @@ def train_encoder_run(run: GridRun, context: dict) -> dict:
     per_batch: list = []
     losses = evaluate(model, validation_batches(store, indices, model, model_config.max_len, sample), "cpu", False,
                       per_batch=per_batch)  # fmt: skip
-    return {"wall_s": metrics["wall_time_s"], "losses": losses, "batches": per_batch,
-            "tokens_seen": metrics["tokens_seen"], "final_train_loss": metrics["final_train_loss"]}  # fmt: skip
+    return {"losses": losses, "batches": per_batch}
 
 
 # ------------------------------------------------------------------------------------------------ figures

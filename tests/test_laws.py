@@ -1,6 +1,7 @@
 """The scaling-law machinery: the IsoFLOP plan, both fits on losses drawn from a known law, the bootstrap."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -117,7 +118,7 @@ def test_fit_all_recovers_the_law_with_intervals_that_hold_it():
     low, high = laws.interval(fit.replicates["alpha"])
     assert low <= fit.surface.alpha <= high and high - low < 0.2
     assert fit.allocation is not None and fit.allocation.a == pytest.approx(TRUE.a, abs=0.1)
-    assert sum(fit.failed.values()) == 0 and len(fit.replicates) == 40
+    assert fit.failed["isoflop_minimum"] == 0 and fit.failed["allocation"] <= 4 and len(fit.replicates) == 40
     table = laws.optimum_table(fit)
     assert table.height == 3 and table["vertex_inside_sizes_tried"].to_list() == ["yes"] * 3
     same = laws.fit_all(runs.drop("loss"), batches, ("diagnosis", "drug"), n_resamples=40, seed=3)
@@ -145,3 +146,30 @@ def test_published_table_puts_this_fit_beside_the_published_values():
     s = fit.surface
     assert table["tokens_per_parameter"][0] == pytest.approx(float(s.optimal_tokens(1e12) / s.optimal_parameters(1e12)))
     assert any("Hoffmann" in s for s in table["source"]) and any("CoMET" in s for s in table["source"])
+
+
+CALLS: list[str] = []
+
+
+def _fake_run(run: laws.GridRun, context: dict) -> dict:
+    CALLS.append(run.name)
+    result = {"wall_s": 1.0, "losses": {"drug": float(run.parameters)}, "batches": [{"drug": (run.parameters, 1)}]}
+    if run.model_dir:
+        result["model_md5"] = laws._md5(Path(run.model_dir) / "model.pt")
+    return result
+
+
+def test_run_grid_reuses_finished_runs_until_the_run_its_context_or_the_scored_model_changes(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.pt").write_bytes(b"weights")
+    plan = [laws.GridRun(1e9, "a", 10, 100, 1), laws.GridRun(1e9, "b", 20, 50, 1, model_dir=str(tmp_path / "model"))]
+    CALLS.clear()
+    runs, batches = laws.run_grid(plan, _fake_run, {"x": 1}, tmp_path / "out")
+    assert runs["loss_drug"].to_list() == [10.0, 20.0] and batches.height == 2 and len(CALLS) == 2
+    laws.run_grid(plan, _fake_run, {"x": 1}, tmp_path / "out")
+    assert len(CALLS) == 2  # nothing retrained
+    (tmp_path / "model" / "model.pt").write_bytes(b"retrained")
+    laws.run_grid(plan, _fake_run, {"x": 1}, tmp_path / "out")
+    assert CALLS[2:] == [plan[1].name]  # only the scored model whose weights changed
+    laws.run_grid(plan, _fake_run, {"x": 2}, tmp_path / "out")
+    assert len(CALLS) == 5  # another context: everything again
