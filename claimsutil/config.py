@@ -284,7 +284,6 @@ class PretrainConfig:
         _require(self, self.grad_clip >= 0 and self.weight_decay >= 0, "grad_clip", "must be >= 0 (0: off)")
         _require(self, all(0 <= b < 1 for b in self.betas), "betas", "must be two numbers in [0, 1)")
 
-
     def steps_for(self, parameters: int) -> int:
         """Optimizer steps of a model with PARAMETERS non-embedding parameters: max_steps, or with max_steps 0
         the token rule (tokens_per_parameter x parameters within [min_tokens, max_tokens], whole steps)."""
@@ -294,8 +293,19 @@ class PretrainConfig:
         return max(1, math.ceil(tokens / self.tokens_per_step))
 
 
-SCALE_KEYS = ("lr", "min_lr", "warmup_steps", "max_steps", "tokens_per_step", "micro_tokens", "weight_decay", "seed",
-              "tokens_per_parameter", "min_tokens", "max_tokens")
+SCALE_KEYS = (
+    "lr",
+    "min_lr",
+    "warmup_steps",
+    "max_steps",
+    "tokens_per_step",
+    "micro_tokens",
+    "weight_decay",
+    "seed",
+    "tokens_per_parameter",
+    "min_tokens",
+    "max_tokens",
+)
 
 
 @dataclass(frozen=True)

@@ -672,8 +672,11 @@ def train_encoder_run(run: GridRun, context: dict) -> dict:
         saved = torch.load(Path(run.model_dir) / "model.pt", map_location="cpu", weights_only=False)
         metrics = json.loads((Path(run.model_dir) / "metrics.json").read_text(encoding="utf-8"))
         return _score(saved, ModelConfig(**saved["model_config"]), store, validation, context) | {
-            "wall_s": metrics["wall_time_s"], "tokens_seen": metrics["tokens_seen"],
-            "final_train_loss": metrics["final_train_loss"], "model_md5": _md5(Path(run.model_dir) / "model.pt")}
+            "wall_s": metrics["wall_time_s"],
+            "tokens_seen": metrics["tokens_seen"],
+            "final_train_loss": metrics["final_train_loss"],
+            "model_md5": _md5(Path(run.model_dir) / "model.pt"),
+        }
     config = PretrainConfig(**{**context["pretrain"], "betas": tuple(context["pretrain"]["betas"])})
     warmup = run.warmup_steps if run.warmup_steps >= 0 else max(1, round(context["warmup_share"] * run.steps))
     lr = float(size["lr"]) * run.lr_scale
@@ -741,8 +744,9 @@ def plot_laws(runs: pl.DataFrame, fit: LawFit):
     frontier.plot(grid, s(s.optimal_parameters(grid), s.optimal_tokens(grid)), "--", color="tab:red",
                   label="fitted L at the compute optimum")  # fmt: skip
     frontier.set_xscale("log")
-    frontier.set(xlabel="training compute C = 6ND (FLOPs)", ylabel="validation loss (nats)",
-                 title="Loss-compute frontier")
+    frontier.set(
+        xlabel="training compute C = 6ND (FLOPs)", ylabel="validation loss (nats)", title="Loss-compute frontier"
+    )
     frontier.legend(fontsize=7)
     fitted = s(n, d)
     check.plot(fit.losses, fitted, "o", color="tab:blue")
