@@ -464,7 +464,7 @@ PARAMS_CASES = {
     "invalid YAML": ("profile: demo", "profile: [demo", r"line \d+, column \d+: invalid YAML"),
     "splits not summing to 1": ("validation: 0.15, test: 0.15", "validation: 0.15, test: 0.05", r"sum to 1"),
     "an unknown key": ("  min_count: 5 ", "  min_cuont: 5 ", r"unknown key\(s\) \['min_cuont'\] in section 'tokenize'"),
-    "an unknown scale key": ("  xs: {lr: 0.003}", "  xs: {lr: 0.003, layers: 9}", r"unknown key\(s\) \['layers'\] in scales.xs"),
+    "an unknown scale key": ("  xs: {lr: 0.015}", "  xs: {lr: 0.003, layers: 9}", r"unknown key\(s\) \['layers'\] in scales.xs"),
     "a boolean count": ("  budget_seeds: 1 ", "  budget_seeds: true ", r"cohort.budget_seeds = True must be an integer"),
     "words for a rate": ("  lr: 0.002 ", "  lr: fast ", r"pretrain.lr = 'fast' must be a number"),
     "an unknown choice": ("  repeats: first_per_episode", "  repeats: some", r"tokenize.repeats = 'some' must be one of"),

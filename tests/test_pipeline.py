@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 import yaml
 
-from claimsutil.config import use_profile
+from claimsutil.config import load_params, use_profile
 from claimsutil.meds import validate_dataset
 from claimsutil.model import SCALES as MODEL_SCALES
 from claimsutil.tokenize import TokenStore
@@ -162,6 +162,27 @@ def test_finetuning_and_the_study_tables(tiny_study):
     assert set(scaling["saturation"]) == set(tasks)
 
 
+def test_scaling_laws_stage_fits_the_grid_and_sweeps_the_learning_rate(tiny_study):
+    copy, _, _ = tiny_study
+    params = load_params(copy / "params.yaml")
+    runs = pl.read_parquet(copy / "data" / "laws" / "runs.parquet")
+    grid = runs.filter(~pl.col("size").str.starts_with("scale-"))
+    assert sorted(set(grid["budget"])) == sorted(params.laws.budgets)
+    assert all(n >= 3 for n in grid.group_by("budget").len()["len"])  # every budget shows a profile
+    assert ((6 * grid["parameters"] * grid["tokens"] / grid["budget"] - 1).abs() < 0.1).all()  # C = 6ND
+    laws_dir = copy / "reports" / "laws"
+    for name in ("grid", "law_parameters", "compute_optimal", "published_comparison", "study_budgets", "lr_sweep"):
+        assert (laws_dir / f"{name}.md").is_file() and (laws_dir / f"{name}.csv").is_file(), name
+    sweep = pl.read_csv(laws_dir / "lr_sweep.csv")
+    assert sweep["chosen"].sum() == len(params.laws.lr_sweep_scales) and (sweep["excess_percent"] >= 0).all()
+    m = json.loads((copy / "data" / "metrics" / "laws.json").read_text())
+    assert m["runs"] == grid.height and m["alpha"] >= 0 and m["beta"] >= 0 and m["frequency_baseline"] > 0
+    t1 = pl.read_csv(copy / "reports" / "tables" / "table1_models.csv")
+    below = t1["baseline_diagnosis"] - t1["val_loss_diagnosis"]
+    assert ((t1["below_baseline_diagnosis"] - below).abs() < 1e-5).all()
+    assert "07_scaling_laws.html" in (copy / "reports" / "index.html").read_text()
+
+
 def test_second_repro_does_nothing(tiny_study):
     copy, env, _ = tiny_study
     again = _run([sys.executable, "-m", "dvc", "repro"], copy, env)
@@ -172,7 +193,7 @@ def test_second_repro_does_nothing(tiny_study):
     metrics = _run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], copy, env)
     shown = json.loads(metrics.stdout)
     files = {f for workspace in shown.values() for f in workspace["data"]}
-    expected = {"synthesize", "cohort", "tokenize", "baseline", "scaling", *(f"pretrain-{s}" for s in SCALES),
+    expected = {"synthesize", "cohort", "tokenize", "baseline", "scaling", "laws", *(f"pretrain-{s}" for s in SCALES),
                 *(f"finetune-{s}" for s in SCALES)}  # fmt: skip
     assert {f"data/metrics/{name}.json" for name in expected} | {"reports/data/metrics.json"} <= files
     git = {**env, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
@@ -190,10 +211,12 @@ def test_changing_one_scale_reruns_only_that_scale_and_the_analysis(tiny_study):
     try:
         params.write_text(original.replace("  m: {lr: 0.002}", "  m: {lr: 0.0025}"))
         status = json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], copy, env).stdout)
-        assert set(status) == {"pretrain@m", "scaling"}  # finetune@m follows once data/models/m changes
+        # finetune@m follows once data/models/m changes; scaling_laws compares every scale's budget with its
+        # fit (its grid runs are kept in data/laws and reused: only the fits rerun)
+        assert set(status) == {"pretrain@m", "scaling", "scaling_laws"}
         rerun = _run([sys.executable, "-m", "dvc", "repro"], copy, env).stdout
         running = {line.split("'")[1] for line in rerun.splitlines() if line.startswith("Running stage")}
-        assert running == {"pretrain@m", "finetune@m", "scaling"}
+        assert running == {"pretrain@m", "finetune@m", "scaling", "scaling_laws"}
     finally:
         params.write_text(original)
 
