@@ -339,7 +339,7 @@ def fit_surface(n, d, loss, starts: list[np.ndarray] | None = None, delta: float
                   for share in g["e_share"] for a in g["a"] for b in g["b"]]  # fmt: skip
     if len(starts) > SCREENED:  # screen the grid in one vectorised pass, refine the most promising starts
         starts = [starts[i] for i in np.argsort(_screen(np.array(starts), log_n, log_d, log_l, delta))[:SCREENED]]
-    bounds = [(None, None), (None, None), (None, None), (0.0, 3.0), (0.0, 3.0)]
+    bounds = [(None, None), (None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS]
     found = []
     for start in starts:
         res = minimize(_surface_objective, start, args=(log_n, log_d, log_l, delta), jac=True, method="L-BFGS-B",
@@ -355,6 +355,30 @@ def fit_surface(n, d, loss, starts: list[np.ndarray] | None = None, delta: float
             (value, LossSurface(float(np.exp(e)), float(np.exp(a)), float(np.exp(b)), float(alpha), float(beta)))
         )
     return out
+
+
+EXPONENT_BOUNDS = (0.0, 3.0)  # of alpha and beta in the fit
+
+
+def degenerate_exponents(s: LossSurface, tolerance: float = 1e-3) -> list[str]:
+    """The exponents of S at a bound of the fit: there the data do not determine them (alpha at 3: the N term
+    is negligible at every size tried; at 0: it is a constant folded into E), and nothing derived from the
+    surface (compute-optimal sizes, tokens per parameter) is an estimate."""
+    low, high = EXPONENT_BOUNDS
+    return [name for name, v in (("alpha", s.alpha), ("beta", s.beta)) if v <= low + tolerance or v >= high - tolerance]
+
+
+def fit_caveats(fit: LawFit) -> str:
+    """What a reader must know before using the fit's numbers (empty when nothing)."""
+    lines = []
+    if bad := degenerate_exponents(fit.surface):
+        lines.append(f"- **The loss surface is degenerate**: {', '.join(bad)} at the bound of the fit. The data "
+                     "do not determine it, so its compute-optimal sizes and tokens per parameter are not "
+                     "estimates.")  # fmt: skip
+    if not any(v.interior for v in fit.vertices):
+        lines.append("- **No IsoFLOP minimum lies inside the sizes tried**: the allocation exponent a cannot be "
+                     "measured from these budgets.")  # fmt: skip
+    return "\n".join(lines)
 
 
 def surface_start(s: LossSurface) -> np.ndarray:
@@ -494,12 +518,14 @@ def published_table(fits: dict[str, LawFit], budget: float) -> pl.DataFrame:
     """This study's exponents and tokens per parameter (at BUDGET) beside the published ones."""
     rows = []
     for name, fit in fits.items():
-        s = fit.surface
-        rows.append({"source": f"this study, {name} (synthetic world, demo grid)", "objective": fit.objective,
-                     "alpha": s.alpha, "beta": s.beta, "a": fit.allocation.a if fit.allocation else s.a,
-                     "b": fit.allocation.b if fit.allocation else s.b,
-                     "tokens_per_parameter": float(s.optimal_tokens(budget) / s.optimal_parameters(budget)),
-                     })  # fmt: skip
+        s, bad = fit.surface, degenerate_exponents(fit.surface)
+        source = f"this study, {name} (synthetic world, demo grid)"
+        if bad:  # the surface's a, b and optimum are not estimates: show only the allocation measured directly
+            source += f"; degenerate fit ({', '.join(bad)} at a bound): only measured values shown"
+        a = fit.allocation.a if fit.allocation else (None if bad else s.a)
+        ratio = None if bad else float(s.optimal_tokens(budget) / s.optimal_parameters(budget))
+        rows.append({"source": source, "objective": fit.objective, "alpha": s.alpha, "beta": s.beta, "a": a,
+                     "b": None if a is None else 1 - a, "tokens_per_parameter": ratio})  # fmt: skip
     rows.extend(PUBLISHED)
     return pl.DataFrame(rows, schema={"source": pl.String, "objective": pl.String, "alpha": pl.Float64,
                                       "beta": pl.Float64, "a": pl.Float64, "b": pl.Float64,
@@ -629,6 +655,7 @@ def summary_metrics(fit: LawFit, runs: pl.DataFrame, sweep: pl.DataFrame, baseli
         "a_isoflop": fit.allocation.a if fit.allocation else None, "a_surface": s.a,
         "tokens_per_parameter_at_largest_budget": float(s.optimal_tokens(largest) / s.optimal_parameters(largest)),
         "vertices_inside_sizes": sum(v.interior for v in fit.vertices),
+        "degenerate_exponents": degenerate_exponents(s),
         "bootstrap_without_minimum": fit.failed["isoflop_minimum"],
         "lr_sweep_excess_percent": dict(sweep.filter(pl.col("chosen")).select("scale", "excess_percent").iter_rows()),
     }  # fmt: skip

@@ -173,3 +173,16 @@ def test_run_grid_reuses_finished_runs_until_the_run_its_context_or_the_scored_m
     assert CALLS[2:] == [plan[1].name]  # only the scored model whose weights changed
     laws.run_grid(plan, _fake_run, {"x": 2}, tmp_path / "out")
     assert len(CALLS) == 5  # another context: everything again
+
+
+def test_an_exponent_at_its_bound_is_called_degenerate_and_its_optimum_is_not_reported():
+    stuck = laws.LossSurface(E=1.2, A=1.9e4, B=22.0, alpha=3.0, beta=0.07)
+    assert laws.degenerate_exponents(stuck) == ["alpha"] and laws.degenerate_exponents(TRUE) == []
+    runs = _grid(TRUE)
+    fit = laws.fit_all(runs.drop("loss"), _batches(runs, 6, 0.001), ("diagnosis", "drug"), n_resamples=3, seed=1)
+    assert laws.fit_caveats(fit) == ""
+    fit.surface, fit.allocation, fit.vertices = stuck, None, []
+    assert "degenerate" in laws.fit_caveats(fit) and "No IsoFLOP minimum" in laws.fit_caveats(fit)
+    row = laws.published_table({"encoder": fit}, 1e12).row(0, named=True)
+    assert "degenerate fit (alpha at a bound)" in row["source"]
+    assert row["tokens_per_parameter"] is None and row["a"] is None and row["alpha"] == 3.0
