@@ -22,8 +22,6 @@ from pathlib import Path
 
 import psutil
 
-from claimsutil.config import PretrainConfig
-
 
 class PeakRSS:
     """Samples the summed resident memory of this process and its children until stopped."""
@@ -383,16 +381,14 @@ def probe_evaluate(model_dir: str | Path, store_dir: str, splits_dir: str, eval_
     from claimsutil.model import ClaimsEncoder, ModelConfig
     from claimsutil.splits import read_splits, subject_ids
     from claimsutil.tokenize import TokenStore
-    from claimsutil.train.loop import _store_indices, evaluate, validation_batches
+    from claimsutil.train.loop import score_on_sample
 
     saved = torch.load(Path(model_dir) / "model.pt", map_location="cpu", weights_only=False)
     config = ModelConfig(**saved["model_config"])
     store = TokenStore(store_dir)
     model = ClaimsEncoder(config, torch.as_tensor(store.vocab.family_ids))
     model.load_state_dict(saved["model"])
-    indices = _store_indices(store, subject_ids(read_splits(splits_dir), ("validation",)))
-    sample = dataclasses.replace(PretrainConfig(), seed=seed, eval_tokens=eval_tokens)
-    return evaluate(model, validation_batches(store, indices, model, config.max_len, sample), "cpu", False)
+    return score_on_sample(model, store, subject_ids(read_splits(splits_dir), ("validation",)), eval_tokens, seed)
 
 
 def _probe_run(job: tuple) -> dict:

@@ -724,17 +724,13 @@ def _score(saved: dict, model_config, store, validation, context: dict) -> dict:
     """A saved model's losses on the common validation sample, overall and per batch."""
     import torch
 
-    from claimsutil.config import PretrainConfig
     from claimsutil.model import ClaimsEncoder
-    from claimsutil.train.loop import _store_indices, evaluate, validation_batches
+    from claimsutil.train.loop import score_on_sample
 
     model = ClaimsEncoder(model_config, torch.as_tensor(store.vocab.family_ids))
     model.load_state_dict(saved["model"])
-    sample = dataclasses.replace(PretrainConfig(), seed=0, eval_tokens=context["eval_tokens"])
-    indices = _store_indices(store, validation)
     per_batch: list = []
-    losses = evaluate(model, validation_batches(store, indices, model, model_config.max_len, sample), "cpu", False,
-                      per_batch=per_batch)  # fmt: skip
+    losses = score_on_sample(model, store, validation, context["eval_tokens"], per_batch=per_batch)
     return {"losses": losses, "batches": per_batch}
 
 

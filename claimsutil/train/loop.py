@@ -168,6 +168,17 @@ def evaluate(
     return losses
 
 
+def score_on_sample(
+    model: ClaimsEncoder, store: tok.TokenStore, ids, eval_tokens: int, seed: int = 0, per_batch: list | None = None
+) -> dict[str, float]:
+    """MODEL's validation losses on a fixed sample of the patients IDS (SEED: which patients, up to EVAL_TOKENS
+    real tokens, and which of their codes are masked): the same sample for every model scored with the same
+    arguments, so differences between models are the models'. PER_BATCH: as in `evaluate`."""
+    sample = PretrainConfig(seed=seed, eval_tokens=eval_tokens)
+    batches = validation_batches(store, _store_indices(store, ids), model, model.config.max_len, sample)
+    return evaluate(model, batches, "cpu", False, per_batch=per_batch)
+
+
 def validation_batches(
     store: tok.TokenStore, indices: np.ndarray, model: ClaimsEncoder, row_len: int, config: PretrainConfig
 ) -> list[dict[str, torch.Tensor]]:
