@@ -3,6 +3,11 @@
 Packing is greedy first-fit over an order of the patients, looking back over the last PACK_WINDOW open rows
 (so it streams in O(patients)). In a row, `segments` numbers the patients; the model restarts positions and
 blocks attention at every change, and the padding tail is a segment of its own.
+
+Rows may come in several widths (`width_step` > 0: multiples of it up to row_len): a new row is as wide as
+its first patient needs, rounded up to the step, and later patients fill any open row with room. Attention
+costs each token the width of its row, and most patients are short (the demo's median is 62 tokens of 256),
+so short rows spend less on keys a token may not attend to; a step's rows then run in groups of one width.
 """
 
 from __future__ import annotations
@@ -21,9 +26,18 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def pack_rows(lengths: np.ndarray, order: np.ndarray, row_len: int) -> list[list[int]]:
-    """Greedy first-fit: patients (positions into LENGTHS, taken in ORDER) into rows of ROW_LEN tokens, each
-    in the first of the last PACK_WINDOW rows with room (else a new row). Rows in creation order."""
+def row_width(real: int, row_len: int, width_step: int = 0) -> int:
+    """The width of a row holding REAL tokens: row_len, or with WIDTH_STEP > 0 REAL rounded up to a multiple
+    of it (at most row_len)."""
+    if width_step <= 0:
+        return row_len
+    return min(row_len, -(-max(real, 1) // width_step) * width_step)
+
+
+def pack_rows(lengths: np.ndarray, order: np.ndarray, row_len: int, width_step: int = 0) -> list[list[int]]:
+    """Greedy first-fit: patients (positions into LENGTHS, taken in ORDER) into rows, each in the first of the
+    last PACK_WINDOW rows with room (else a new row, as wide as `row_width` gives for the patient). Rows in
+    creation order. A row's width is `row_width` of its real tokens: the width it was created with."""
     if lengths.size and int(lengths.max()) > row_len:
         raise ValueError(f"a sequence of {int(lengths.max())} tokens does not fit a row of {row_len}")
     rows: list[list[int]] = []
@@ -38,7 +52,7 @@ def pack_rows(lengths: np.ndarray, order: np.ndarray, row_len: int) -> list[list
         else:
             r = len(rows)
             rows.append([int(p)])
-            free[r] = row_len
+            free[r] = row_width(length, row_len, width_step)
         free[r] -= length
     return rows
 
@@ -46,15 +60,17 @@ def pack_rows(lengths: np.ndarray, order: np.ndarray, row_len: int) -> list[list
 class PackedRows:
     """The pretraining stream: packed rows of an epoch, steps of rows, and row tensors."""
 
-    def __init__(self, store: tok.TokenStore, indices: np.ndarray, row_len: int, seed: int):
+    def __init__(self, store: tok.TokenStore, indices: np.ndarray, row_len: int, seed: int, width_step: int = 0):
         self.store, self.indices, self.row_len, self.seed = store, np.asarray(indices), row_len, seed
+        self.width_step = width_step
         self.lengths = np.minimum(store.lengths()[self.indices], row_len)  # after the cut to max_len
         self._epoch, self._rows = -1, []
 
     def epoch_rows(self, epoch: int) -> list[list[int]]:
         if epoch != self._epoch:
             self._epoch = epoch
-            self._rows = pack_rows(self.lengths, epoch_order(len(self.indices), self.seed, epoch), self.row_len)
+            order = epoch_order(len(self.indices), self.seed, epoch)
+            self._rows = pack_rows(self.lengths, order, self.row_len, self.width_step)
         return self._rows
 
     def next_step(self, position: tuple[int, int], tokens_per_step: int) -> tuple[list[list[int]], tuple[int, int]]:
@@ -71,10 +87,21 @@ class PackedRows:
             cursor += 1
         return rows, (epoch, cursor)
 
-    def tensors(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
-        """tokens, ages, visits, segments (R, row_len); padding is PAD_ID in a segment of its own."""
+    def width(self, row: list[int]) -> int:
+        """The width of ROW: the narrowest that holds its patients (the width it was packed into)."""
+        return row_width(int(self.lengths[row].sum()), self.row_len, self.width_step)
+
+    def groups(self, rows: list[list[int]]) -> list[tuple[int, list[int]]]:
+        """ROWS by width, narrowest first: [(width, positions in ROWS)], each group in the rows' order."""
+        by_width: dict[int, list[int]] = {}
+        for i, row in enumerate(rows):
+            by_width.setdefault(self.width(row), []).append(i)
+        return sorted(by_width.items())
+
+    def tensors(self, rows: list[list[int]], width: int | None = None) -> dict[str, torch.Tensor]:
+        """tokens, ages, visits, segments (R, WIDTH; default row_len); padding is PAD_ID in a segment of its own."""
         return rows_to_tensors(rows, lambda p: self.store.sequence(int(self.indices[p]), max_len=self.row_len),
-                               self.row_len)  # fmt: skip
+                               width or self.row_len)  # fmt: skip
 
 
 def rows_to_tensors(rows: list[list[int]], sequence, row_len: int) -> dict[str, torch.Tensor]:

@@ -245,7 +245,7 @@ def _hf_optimizer(model, config):
     for name, p in model.named_parameters():
         (decay if p.dim() >= 2 and "embeddings" not in name else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, foreach=False)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, foreach=True)
 
 
 def _hf_batch(stream, rows: list[list[int]], family, config, step: int):
@@ -299,6 +299,7 @@ def bench_pretrain(args: argparse.Namespace) -> str:
     from claimsutil.batching import PackedRows
     from claimsutil.model import ClaimsEncoder, config_for
     from claimsutil.train import PretrainConfig, Run, RunState, autocast_for, make_optimizer, train_step
+    from claimsutil.train.loop import model_flops_per_token
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="claims-bench-"))
@@ -307,14 +308,22 @@ def bench_pretrain(args: argparse.Namespace) -> str:
         store = _prepare_token_store(work, args.max_len)
         family = torch.as_tensor(store.vocab.family_ids, dtype=torch.long)
         model_config = config_for(args.profile, args.scale, vocab_size=len(family), max_len=args.max_len)
-        config = PretrainConfig(tokens_per_step=args.tokens_per_step, bf16=args.bf16 == "true", device="cpu")
+        config = PretrainConfig(
+            tokens_per_step=args.tokens_per_step,
+            micro_tokens=args.micro_tokens,
+            width_step=args.width_step,
+            bf16=args.bf16 == "true",
+            device="cpu",
+        )
         cpu = torch.device("cpu")
         torch.manual_seed(config.seed)
         ours = ClaimsEncoder(model_config, family).train()
         hf = _hf_model(model_config, len(family)).train()
+        if args.compile:  # the encoder's fixed-shape part; the masked heads' shapes change every step
+            ours.encode = torch.compile(ours.encode)
         opt_ours, opt_hf = make_optimizer(ours, config), _hf_optimizer(hf, config)
-        ours_stream = PackedRows(store, np.arange(len(store)), args.max_len, config.seed)
-        hf_stream = PackedRows(store, np.arange(len(store)), args.max_len, config.seed)
+        ours_stream = PackedRows(store, np.arange(len(store)), args.max_len, config.seed, config.width_step)
+        hf_stream = PackedRows(store, np.arange(len(store)), args.max_len, config.seed, config.width_step)
         state = {"ours": (0, 0), "hf": (0, 0), "step": 0}
         run, run_state = Run(model_config, config, work, 0, 1, cpu), RunState()
         hf_slots = {"real": 0, "processed": 0}
@@ -361,14 +370,18 @@ def bench_pretrain(args: argparse.Namespace) -> str:
                 print(f"--- {name}: top ops by self CPU time over 3 steps\n{_op_table(fn)}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    padding = run_state.counters["pad"] / max(run_state.counters["processed"], 1)
+    counters = run_state.counters
+    padding = counters["pad"] / max(counters["processed"], 1)
     hf_padding = 1 - hf_slots["real"] / max(hf_slots["processed"], 1)
     peak = max(peak, gemm_peak_flops(dtype=peak_dtype))
-    achieved = ours.flops_per_token(args.max_len) * results["ours"]
-    print(f"padding: ours={padding:.3f} (packed rows of {args.max_len}) hf={hf_padding:.3f} (padded to the longest)")
-    fpt = ours.flops_per_token(args.max_len)
+    fpt = model_flops_per_token(ours, counters)
+    achieved = fpt * results["ours"]
+    print(f"padding: ours={padding:.3f} (packed rows of {args.max_len}, width step {args.width_step}) "
+          f"hf={hf_padding:.3f} (padded to the longest)")  # fmt: skip
+    print(f"model flops: context={counters['context'] / counters['tokens']:.1f} keys per token (its patient), "
+          f"head_share={counters['masked'] / counters['tokens']:.3f}, flops_per_token={fpt:,.0f}")  # fmt: skip
     print(f"gemm_peak_gflops={peak / 1e9:.1f} ({'bf16' if config.bf16 else 'fp32'}, 2048^3) "
-          f"ours_achieved_gflops={achieved / 1e9:.2f} flops_per_token={fpt:,.0f}")  # fmt: skip
+          f"ours_achieved_gflops={achieved / 1e9:.2f}")  # fmt: skip
     return f"speedup_vs_hf={results['ours'] / results['hf']:.2f} mfu={achieved / peak:.4f} padding={padding:.4f}"
 
 
@@ -479,8 +492,16 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--threads", type=int, default=1, help="torch threads (pretraining runs 1 per process)")
     pre.add_argument("--max-len", type=int, default=256, help="model max_len = packed row length")
     pre.add_argument("--tokens-per-step", type=int, default=4096, help="real tokens per optimizer step")
+    pre.add_argument("--micro-tokens", type=int, default=4096, help="row slots per micro-batch")
+    pre.add_argument("--width-step", type=int, default=0, help="packed row widths in multiples of this (0: max-len)")
     pre.add_argument("--warmup", type=int, default=3, help="untimed steps per model")
-    pre.add_argument("--bf16", choices=["true", "false"], default="true", help="bf16 autocast for both models")
+    pre.add_argument(
+        "--bf16",
+        choices=["true", "false"],
+        default="false",
+        help="bf16 autocast for both models (the study's pretraining runs fp32: params pretrain.bf16)",
+    )
+    pre.add_argument("--compile", action="store_true", help="torch.compile our encoder (compile time untimed)")
     pre.add_argument("--op-table", action="store_true", help="also print torch.profiler's top ops per model")
     probe = sub.add_parser("probe", help="room to learn: validation loss of several scales on one token budget")
     probe.add_argument("--store", default="data/tokens")

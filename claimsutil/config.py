@@ -250,7 +250,8 @@ class PretrainConfig:
     processes: int = 2  # >1: DDP under torchrun, one process per core (or per GPU)
     seed: int = 29  # model init, epoch permutations, masks and the validation sample
     tokens_per_step: int = 8192  # real (non-pad) tokens per optimizer step: the batch size in tokens
-    micro_tokens: int = 4096  # row budget of one micro-batch, in tokens (rows = micro_tokens // row_len)
+    micro_tokens: int = 4096  # row budget of one micro-batch, in tokens (rows = micro_tokens // row width)
+    width_step: int = 0  # > 0: packed rows as wide as they need in multiples of this (less attention); 0: max_len
     max_steps: int = 120  # optimizer steps; the schedule decays to min_lr at the last one; 0: the token rule
     # The token rule (max_steps 0): tokens = tokens_per_parameter x non-embedding parameters, at least
     # min_tokens and at most max_tokens, rounded up to whole steps.
@@ -275,6 +276,7 @@ class PretrainConfig:
         for key in ("processes", "tokens_per_step", "micro_tokens", "eval_every", "eval_tokens",
                     "checkpoint_every", "num_threads", "min_tokens"):  # fmt: skip
             _require(self, getattr(self, key) >= 1, key, "must be >= 1")
+        _require(self, self.width_step >= 0, "width_step", "must be >= 0 (0: every row max_len wide)")
         _require(self, self.max_steps >= 0, "max_steps", "must be >= 0 (0: steps from the token rule)")
         _require(self, self.tokens_per_parameter > 0, "tokens_per_parameter", "must be > 0")
         _require(self, self.max_tokens >= self.min_tokens, "max_tokens", "must be >= min_tokens")

@@ -121,7 +121,14 @@ class SelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         p = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # On CPU the fp32 attention kernel outruns the bf16 one at these head sizes (bench pretrain), so
+            # under bf16 autocast only the Linears run in bf16.
+            with torch.autocast("cpu", enabled=False):
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, dropout_p=p)
+            y = y.to(q.dtype)  # (B, nh, T, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))  # (B, T, C)
 
@@ -305,22 +312,29 @@ class ClaimsEncoder(nn.Module):
         )
         return out
 
-    def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token, as in nanoGPT: 6N for the matmuls (forward + backward) plus 12 L C T for
-        attention scores. N is the non-embedding count plus the output heads, counted as if they ran at every
-        position (they run at the masked ones only): an overestimate that grows with the vocabulary."""
+    def flops_per_token(self, context: float | None = None, head_share: float = 1.0) -> float:
+        """Training FLOPs per real token (forward + backward), counted as the model needs them (PaLM's model
+        FLOPs, not what padding or packing adds): 6 x the non-embedding parameters and the age encoding's
+        Linear, which run at every token; 6 x the output heads times HEAD_SHARE, the share of tokens they run
+        at (the masked ones, ~mask_rate); and 12 L C CONTEXT for the attention scores, CONTEXT being the mean
+        number of keys a token attends to (its own patient's tokens: sum of squared lengths over the sum of
+        lengths; default max_len)."""
         cfg = self.config
-        T = seq_len or cfg.max_len
-        return 6 * (self.get_num_params() + self.head_params()) + 12 * cfg.n_layer * cfg.n_embd * T
+        T = cfg.max_len if context is None else context
+        every_token = self.get_num_params() + self.age_encoding.proj.weight.numel()
+        return 6 * (every_token + head_share * self.head_params()) + 12 * cfg.n_layer * cfg.n_embd * T
 
     def head_params(self) -> int:
         """Parameters of the vocabulary-sized output heads (diagnosis and drug)."""
         return sum(p.numel() for h in (self.diagnosis_head, self.drug_head) for p in h.parameters())
 
-    def estimate_mfu(self, tokens_per_iter: int, dt: float, seq_len: int | None = None, peak_flops=312e12) -> float:
-        """Model FLOPs utilisation: achieved FLOP/s over the device's peak (default A100 bf16, 312 TFLOP/s;
-        H100 SXM dense bf16 is ~989e12)."""
-        return self.flops_per_token(seq_len) * tokens_per_iter / dt / peak_flops
+    def estimate_mfu(
+        self, tokens_per_iter: int, dt: float, context: float | None = None, head_share: float = 1.0,
+        peak_flops: float = 312e12,
+    ) -> float:  # fmt: skip
+        """Model FLOPs utilisation: achieved model FLOP/s (`flops_per_token`) over the device's peak (default
+        A100 bf16, 312 TFLOP/s; H100 SXM dense bf16 is ~989e12)."""
+        return self.flops_per_token(context, head_share) * tokens_per_iter / dt / peak_flops
 
 
 class EncoderClassifier(nn.Module):

@@ -231,13 +231,50 @@ def test_demo_presets_span_thirty_fold():
 
 
 def test_flops_and_mfu():
+    """Model FLOPs: the block and age-encoding matmuls at every token, the heads at their share of tokens,
+    attention over the keys a token may see."""
     model = small_model()
-    n = model.get_num_params() + model.head_params()
     cfg = model.config
-    assert model.flops_per_token(32) == 6 * n + 12 * cfg.n_layer * cfg.n_embd * 32
-    assert model.estimate_mfu(tokens_per_iter=1000, dt=1.0, seq_len=32, peak_flops=1e12) == pytest.approx(
+    every = model.get_num_params() + cfg.age_bins * cfg.n_embd
+    assert model.flops_per_token() == 6 * (every + model.head_params()) + 12 * cfg.n_layer * cfg.n_embd * 64
+    assert model.flops_per_token(20.0, 0.15) == 6 * (every + 0.15 * model.head_params()) + (
+        12 * cfg.n_layer * cfg.n_embd * 20.0
+    )
+    assert model.estimate_mfu(tokens_per_iter=1000, dt=1.0, context=32, peak_flops=1e12) == pytest.approx(
         model.flops_per_token(32) * 1000 / 1e12
     )
+
+
+def test_a_rows_width_changes_nothing_for_its_patients():
+    """Rows packed narrower (width_step) give their patients the same hidden states as full-width rows: the
+    padding tail is a segment no patient attends to."""
+    model = small_model()
+    (t1, a1), (t2, a2) = patient(12, 1), patient(9, 2)
+    tokens = torch.cat([t1, t2])
+    ages = torch.cat([a1, a2])
+    segments = torch.cat([torch.zeros(12, dtype=torch.long), torch.ones(9, dtype=torch.long)])
+    hidden = {}
+    for width in (21, 32, 64):
+        pad = width - len(tokens)
+        row_t = torch.cat([tokens, torch.full((pad,), PAD_ID)]).unsqueeze(0)
+        row_a = torch.cat([ages, torch.zeros(pad)]).unsqueeze(0)
+        row_s = torch.cat([segments, torch.full((pad,), 2)]).unsqueeze(0)
+        with torch.no_grad():
+            hidden[width] = model.encode(row_t, row_a, None, row_s)[0, : len(tokens)]
+    torch.testing.assert_close(hidden[21], hidden[64], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hidden[32], hidden[64], rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_on_cpu_keeps_attention_in_fp32():
+    """Under CPU bf16 autocast the Linears run in bf16 and attention in fp32 (faster there): the output is bf16
+    where the block returns it and close to the fp32 model's."""
+    model = small_model()
+    (t1, a1) = patient(20, 3)
+    ref = model.encode(t1.unsqueeze(0), a1.unsqueeze(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model.encode(t1.unsqueeze(0), a1.unsqueeze(0))
+    assert torch.isfinite(low).all()
+    torch.testing.assert_close(low.float(), ref, rtol=0.1, atol=0.1)
 
 
 def test_unknown_ages_are_ignored_not_propagated():

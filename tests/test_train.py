@@ -102,6 +102,27 @@ def test_packing_whole_patients_once_per_epoch_little_padding(store):
     assert seen >= len(stream.epoch_rows(0))  # the epoch boundary is crossed without losing rows
 
 
+def test_rows_of_several_widths_hold_every_patient_once_within_their_width(store):
+    """width_step packs short patients into short rows: every patient once, each row no fuller than its width,
+    widths multiples of the step, and grouping by width loses no row."""
+    s = tok.TokenStore(store["dir"])
+    idx = np.searchsorted(s.subjects, np.sort(store["train"]))
+    stream = PackedRows(s, idx, ROW_LEN, seed=0, width_step=32)
+    rows = stream.epoch_rows(0)
+    placed = np.concatenate([np.asarray(r) for r in rows])
+    assert np.array_equal(np.sort(placed), np.arange(len(idx)))
+    widths = np.array([stream.width(r) for r in rows])
+    fill = np.array([stream.lengths[r].sum() for r in rows])
+    assert (fill <= widths).all() and (widths % 32 == 0).all() and set(widths) == {32, 64, 96, 128}
+    groups = stream.groups(rows)
+    assert [w for w, _ in groups] == sorted({int(w) for w in widths})
+    assert sorted(i for _, members in groups for i in members) == list(range(len(rows)))
+    # Fewer slots to attend over than one width for all, with little padding.
+    assert (widths * fill).sum() < 0.9 * ROW_LEN * fill.sum() and 1 - fill.sum() / widths.sum() < 0.10
+    with pytest.raises(ParamsError, match="width_step"):
+        tr.PretrainConfig(width_step=-1)
+
+
 def test_schedule_warmup_then_cosine_to_min_lr():
     c = replace(CONFIG, max_steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-4)
     lrs = [tr.learning_rate(s, c) for s in range(c.max_steps)]
@@ -166,7 +187,8 @@ def test_resume_is_bitwise_identical(store, tmp_path):
         assert straight[key] == resumed[key], key
 
 
-def test_ddp_two_processes_match_one(store, tmp_path):
+@pytest.mark.parametrize("width_step", [0, 32])
+def test_ddp_two_processes_match_one(store, tmp_path, width_step):
     """Two gloo processes, each half of every step's rows, against one process doing all of them. Same rows,
     same masks (seeded by step, not rank), same global loss normalisation, so only the order of the floating
     point sums differs (each rank accumulates its micro-batches, then the all-reduce adds the two halves):
@@ -175,7 +197,8 @@ def test_ddp_two_processes_match_one(store, tmp_path):
     args = ["--store", str(store["dir"]), "--splits", str(store["splits"]), "--profile", "demo", "--scale", "xs",
             "--max-len", str(ROW_LEN), "--max-steps", "4", "--warmup-steps", "2", "--tokens-per-step", "2048",
             "--micro-tokens", "512", "--lr", "3e-3", "--eval-every", "2", "--eval-tokens", "1024",
-            "--num-threads", "1", "--seed", "5", "--device", "cpu", "--no-progress"]  # fmt: skip
+            "--num-threads", "1", "--seed", "5", "--device", "cpu", "--no-progress",
+            "--width-step", str(width_step)]  # fmt: skip
     assert train_cli([*args, "--out", str(tmp_path / "one")]) == 0
     single = json.loads((tmp_path / "one" / "metrics.json").read_text())
     env = dict(os.environ, OMP_NUM_THREADS="1")
