@@ -2,7 +2,8 @@
 
     python -m claimsutil.bench synth [--patients 100000] [--workers 2]
     python -m claimsutil.bench features [--patients 100000] [--meds DIR]
-    python -m claimsutil.bench pretrain [--profile demo --scale xl --seconds 20 --threads 2]  (needs the bench extra)
+    python -m claimsutil.bench pretrain [--profile demo --scale xl --seconds 20 --threads 1 --bf16 false
+                                         --width-step 0 --micro-tokens 4096 --compile]  (needs the bench extra)
     python -m claimsutil.bench probe [--scales m,l,xl --seeds 1,2 --steps 600 --tokens-per-step 4096]
 
 The last line of each subcommand is machine-readable, e.g. `events_per_s=1234567 peak_rss_mib=812`.
