@@ -360,19 +360,28 @@ def fit_surface(n, d, loss, starts: list[np.ndarray] | None = None, delta: float
 EXPONENT_BOUNDS = (0.0, 3.0)  # of alpha and beta in the fit
 
 
-def degenerate_exponents(s: LossSurface, tolerance: float = 1e-3) -> list[str]:
-    """The exponents of S at a bound of the fit: there the data do not determine them (alpha at 3: the N term
-    is negligible at every size tried; at 0: it is a constant folded into E), and nothing derived from the
-    surface (compute-optimal sizes, tokens per parameter) is an estimate."""
+def degenerate_exponents(s: LossSurface, replicates: pl.DataFrame | None = None, tolerance: float = 1e-3) -> list[str]:
+    """The exponents of S the data do not determine: at a bound of the fit, or (with the bootstrap REPLICATES)
+    with a 95% interval that reaches one (alpha at 3: the N term is negligible at every size tried; at 0: it is
+    a constant folded into E). Nothing derived from such a surface (compute-optimal sizes, tokens per
+    parameter) is an estimate."""
     low, high = EXPONENT_BOUNDS
-    return [name for name, v in (("alpha", s.alpha), ("beta", s.beta)) if v <= low + tolerance or v >= high - tolerance]
+    bad = []
+    for name, value in (("alpha", s.alpha), ("beta", s.beta)):
+        ends = [value]
+        if replicates is not None and name in replicates.columns:
+            ends += [e for e in interval(replicates[name]) if math.isfinite(e)]
+        if any(e <= low + tolerance or e >= high - tolerance for e in ends):
+            bad.append(name)
+    return bad
 
 
 def fit_caveats(fit: LawFit) -> str:
     """What a reader must know before using the fit's numbers (empty when nothing)."""
     lines = []
-    if bad := degenerate_exponents(fit.surface):
-        lines.append(f"- **The loss surface is degenerate**: {', '.join(bad)} at the bound of the fit. The data "
+    if bad := degenerate_exponents(fit.surface, fit.replicates):
+        lines.append(f"- **The loss surface is degenerate**: {', '.join(bad)} at the bound of the fit or with a "
+                     "bootstrap interval that reaches it. The data "
                      "do not determine it, so its compute-optimal sizes and tokens per parameter are not "
                      "estimates.")  # fmt: skip
     if not any(v.interior for v in fit.vertices):
@@ -518,7 +527,7 @@ def published_table(fits: dict[str, LawFit], budget: float) -> pl.DataFrame:
     """This study's exponents and tokens per parameter (at BUDGET) beside the published ones."""
     rows = []
     for name, fit in fits.items():
-        s, bad = fit.surface, degenerate_exponents(fit.surface)
+        s, bad = fit.surface, degenerate_exponents(fit.surface, fit.replicates)
         source = f"this study, {name} (synthetic world, demo grid)"
         if bad:  # the surface's a, b and optimum are not estimates: show only the allocation measured directly
             source += f"; degenerate fit ({', '.join(bad)} at a bound): only measured values shown"
@@ -653,9 +662,10 @@ def summary_metrics(fit: LawFit, runs: pl.DataFrame, sweep: pl.DataFrame, baseli
         "E": s.E, "alpha": s.alpha, "beta": s.beta, "alpha_interval": list(interval(fit.replicates["alpha"])),
         "beta_interval": list(interval(fit.replicates["beta"])),
         "a_isoflop": fit.allocation.a if fit.allocation else None, "a_surface": s.a,
-        "tokens_per_parameter_at_largest_budget": float(s.optimal_tokens(largest) / s.optimal_parameters(largest)),
+        "tokens_per_parameter_at_largest_budget": None if degenerate_exponents(s, fit.replicates)
+        else float(s.optimal_tokens(largest) / s.optimal_parameters(largest)),
         "vertices_inside_sizes": sum(v.interior for v in fit.vertices),
-        "degenerate_exponents": degenerate_exponents(s),
+        "degenerate_exponents": degenerate_exponents(s, fit.replicates),
         "bootstrap_without_minimum": fit.failed["isoflop_minimum"],
         "lr_sweep_excess_percent": dict(sweep.filter(pl.col("chosen")).select("scale", "excess_percent").iter_rows()),
     }  # fmt: skip

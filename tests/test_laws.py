@@ -178,6 +178,10 @@ def test_run_grid_reuses_finished_runs_until_the_run_its_context_or_the_scored_m
 def test_an_exponent_at_its_bound_is_called_degenerate_and_its_optimum_is_not_reported():
     stuck = laws.LossSurface(E=1.2, A=1.9e4, B=22.0, alpha=3.0, beta=0.07)
     assert laws.degenerate_exponents(stuck) == ["alpha"] and laws.degenerate_exponents(TRUE) == []
+    # Inside the bounds, but its bootstrap interval reaches one: not determined either.
+    loose = laws.LossSurface(E=1.2, A=1.9e4, B=22.0, alpha=2.45, beta=0.07)
+    replicates = pl.DataFrame({"alpha": [2.4, 2.6, 3.0, 3.0, 2.9], "beta": [0.06, 0.07, 0.08, 0.07, 0.07]})
+    assert laws.degenerate_exponents(loose) == [] and laws.degenerate_exponents(loose, replicates) == ["alpha"]
     runs = _grid(TRUE)
     fit = laws.fit_all(runs.drop("loss"), _batches(runs, 6, 0.001), ("diagnosis", "drug"), n_resamples=3, seed=1)
     assert laws.fit_caveats(fit) == ""
