@@ -102,7 +102,10 @@ class AgeEncoding(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Bidirectional multi-head attention; the mask keeps padding and other patients out."""
+    """Multi-head attention; the mask keeps padding, other patients and (in the decoder) the future out.
+
+    With a KV cache ((k, v) buffers of shape (B, nh, T_max, hs) and the number of positions already in them),
+    the new positions' keys and values are written after those and the queries attend over all of them."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -114,12 +117,17 @@ class SelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: tuple | None = None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            k_buf, v_buf, start = cache
+            k_buf[:, :, start : start + T] = k
+            v_buf[:, :, start : start + T] = v
+            k, v = k_buf[:, :, : start + T], v_buf[:, :, : start + T]  # (B, nh, start + T, hs)
         p = self.dropout if self.training else 0.0
         if q.device.type == "cpu" and q.dtype == torch.bfloat16:
             # On CPU the fp32 attention kernel outruns the bf16 one at these head sizes (bench pretrain), so
@@ -156,8 +164,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask)  # (B, T, C)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, cache: tuple | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, cache)  # (B, T, C)
         return x + self.mlp(self.ln_2(x))  # (B, T, C)
 
 
@@ -399,3 +407,137 @@ def masking(
     corrupted = torch.where(positions & (v >= 0.8) & (v < 0.9), ids[pick], corrupted)  # (B, T)
     targets = torch.where(positions, tokens, -100)  # (B, T)
     return corrupted, positions, targets
+
+
+class ClaimsDecoder(nn.Module):
+    """Decoder-only event model (as CoMET): the encoder's embeddings and blocks under causal attention, trained
+    to predict each next token over the whole vocabulary, so it can sample a patient's future.
+
+    Inputs as the encoder's: tokens (B, T), ages (B, T) and segments when rows pack several patients. The
+    decoder reads age once, at the start: each patient's `ages` are its age at its first token, repeated along
+    its tokens; the passing of time is itself tokens (time between visits), which the model generates."""
+
+    def __init__(self, config: ModelConfig, family: torch.Tensor):
+        super().__init__()
+        family = torch.as_tensor(family, dtype=torch.long, device="cpu")
+        assert family.shape == (config.vocab_size,), f"family has shape {tuple(family.shape)}, want (vocab_size,)"
+        self.config = config
+        self.register_buffer("family", family.clone())
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.max_len, config.n_embd)
+        self.age_encoding = AgeEncoding(config)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.apply(lambda module: ClaimsEncoder._init_weights(self, module))
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def get_num_params(self, non_embedding: bool = True) -> int:
+        """Parameters; non_embedding leaves out the token, position and age embeddings and the output head, as
+        `ClaimsEncoder.get_num_params` does."""
+        n_params = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n_params -= self.wte.weight.numel() + self.wpe.weight.numel() + self.lm_head.weight.numel()
+            n_params -= sum(p.numel() for p in self.age_encoding.parameters())
+        return n_params
+
+    def _embed(self, tokens: torch.Tensor, ages: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        assert int(pos.max()) < self.config.max_len, f"a patient longer than max_len={self.config.max_len} tokens"
+        return self.drop(self.wte(tokens) + self.wpe(pos) + self.age_encoding(ages))  # (B, T, C)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        ages: torch.Tensor,
+        segments: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """{"logits": (B, T, V)}; with TARGETS ((B, T) next-token ids, -100 where there is none) also "loss",
+        the mean cross-entropy over the targets, and "n", their number."""
+        pos = positions_in_patient(tokens, segments)  # (B, T)
+        T = tokens.size(1)
+        causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()  # (T, T)
+        mask = attention_mask(tokens, segments) & causal  # (B, 1, T, T)
+        x = self._embed(tokens, ages, pos)
+        for block in self.h:
+            x = block(x, mask)  # (B, T, C)
+        logits = self.lm_head(self.ln_f(x)).float()  # (B, T, V)
+        out = {"logits": logits}
+        if targets is not None:
+            n = (targets != -100).sum()
+            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+            out["loss"], out["n"] = loss / n.clamp(min=1), n
+        return out
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: torch.Tensor,
+        ages: torch.Tensor,
+        uniforms: torch.Tensor,
+        temperature: float = 1.0,
+        stop=None,
+        return_logits: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Sample up to uniforms.size(1) new tokens after each row of PROMPT ((B, T0) one patient per row, left-
+        padded with PAD_ID), with a KV cache. AGES (B,): each patient's age at its first token, in days.
+
+        UNIFORMS (B, n_new) in [0, 1): the draws, one per row and step (inverse-CDF sampling), so a row's
+        future depends only on its own draws, not on the batch it is sampled in. Special tokens are never
+        sampled. STOP(new (B,), step) -> (B,) bool marks rows whose future is complete after this token; their
+        later tokens are PAD_ID and the loop ends when every row is done. Returns {"tokens": (B, n_new)} and,
+        with RETURN_LOGITS, "logits" (B, n_new, V), each step's logits before sampling."""
+        self.eval()
+        B, T0 = prompt.shape
+        n_new = uniforms.size(1)
+        total = T0 + n_new
+        cfg, dev = self.config, prompt.device
+        longest = int((prompt != PAD_ID).sum(1).max())
+        assert longest + n_new <= cfg.max_len, f"a prompt of {longest} plus {n_new} new tokens > max_len={cfg.max_len}"
+        shape = (B, cfg.n_head, total, cfg.n_embd // cfg.n_head)
+        buffers = [(torch.zeros(shape, device=dev), torch.zeros(shape, device=dev)) for _ in self.h]
+        valid = torch.zeros(B, total, dtype=torch.bool, device=dev)
+        valid[:, :T0] = prompt != PAD_ID
+        pos = (valid[:, :T0].long().cumsum(1) - 1).clamp(min=0)  # (B, T0) positions from each row's first token
+        row_ages = ages.float().unsqueeze(1)  # (B, 1)
+        banned = (self.family == SPECIAL).to(dev)  # (V,)
+        out_tokens = torch.full((B, n_new), PAD_ID, dtype=torch.long, device=dev)
+        out_logits = [] if return_logits else None
+        done = torch.zeros(B, dtype=torch.bool, device=dev)
+        # The prompt in one pass: causal within it, padding keys masked (every query sees itself).
+        causal = torch.ones(T0, T0, dtype=torch.bool, device=dev).tril()
+        eye = torch.eye(T0, dtype=torch.bool, device=dev)
+        mask = ((valid[:, None, :T0] & causal) | eye).unsqueeze(1)  # (B, 1, T0, T0)
+        x = self._embed(prompt, row_ages.expand(B, T0), pos)
+        for block, (k, v) in zip(self.h, buffers, strict=True):
+            x = block(x, mask, (k, v, 0))
+        last = self.lm_head(self.ln_f(x[:, -1])).float()  # (B, V)
+        next_pos = pos[:, -1] + 1  # (B,)
+        for step in range(n_new):
+            if return_logits:
+                out_logits.append(last)
+            probs = torch.softmax((last / temperature).masked_fill(banned, -math.inf), dim=-1)  # (B, V)
+            cdf = probs.cumsum(-1)  # (B, V)
+            u = uniforms[:, step : step + 1].to(cdf.dtype) * cdf[:, -1:]  # (B, 1)
+            new = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cfg.vocab_size - 1)  # (B,)
+            new = torch.where(done, PAD_ID, new)
+            out_tokens[:, step] = new
+            if stop is not None:
+                done = done | stop(new, step)
+            if bool(done.all()) or step == n_new - 1:
+                break
+            at = T0 + step
+            valid[:, at] = ~done | (new != PAD_ID)
+            mask = valid[:, None, None, : at + 1]  # (B, 1, 1, at + 1)
+            x = self._embed(new.unsqueeze(1), row_ages, next_pos.unsqueeze(1))
+            for block, (k, v) in zip(self.h, buffers, strict=True):
+                x = block(x, mask, (k, v, at))
+            last = self.lm_head(self.ln_f(x[:, -1])).float()
+            next_pos = next_pos + 1
+        result = {"tokens": out_tokens}
+        if return_logits:
+            result["logits"] = torch.stack(out_logits, dim=1)
+        return result

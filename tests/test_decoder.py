@@ -1,0 +1,125 @@
+"""The decoder-only event model and its sampler: causality, packing, the KV cache, determinism, stopping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from claimsutil.model import DIAGNOSIS, DRUG, OTHER, PAD_ID, SPECIAL, ClaimsDecoder, ModelConfig
+
+V = 120  # 4 specials, 60 diagnoses, 50 drugs, 6 other codes (time tokens will be "other")
+
+
+def make_family() -> torch.Tensor:
+    family = torch.full((V,), OTHER)
+    family[:4] = SPECIAL
+    family[4:64] = DIAGNOSIS
+    family[64:114] = DRUG
+    return family
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def decoder(seed: int = 0) -> ClaimsDecoder:
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=V, max_len=64, n_layer=2, n_head=2, n_embd=32, ffn_mult=4, dropout=0.0)
+    return ClaimsDecoder(cfg, make_family()).eval()
+
+
+def codes(length: int, seed: int) -> torch.Tensor:
+    return torch.randint(4, V, (length,), generator=torch.Generator().manual_seed(seed))
+
+
+def left_padded(seqs: list[torch.Tensor]) -> torch.Tensor:
+    width = max(len(s) for s in seqs)
+    return torch.stack([torch.cat([torch.full((width - len(s),), PAD_ID), s]) for s in seqs])
+
+
+def test_a_token_sees_only_its_past():
+    model = decoder()
+    tokens = codes(20, 1).unsqueeze(0)
+    ages = torch.full((1, 20), 50 * 365.25)
+    changed = tokens.clone()
+    changed[0, 12:] = codes(8, 2)
+    with torch.no_grad():
+        a, b = model(tokens, ages)["logits"], model(changed, ages)["logits"]
+    torch.testing.assert_close(a[0, :12], b[0, :12], rtol=0, atol=0)
+    assert not torch.allclose(a[0, 12:], b[0, 12:])
+
+
+def test_packed_patients_train_as_if_alone():
+    """Two patients in one row (segments) give each the logits it has alone: no attention across patients,
+    positions restart."""
+    model = decoder()
+    p1, p2 = codes(9, 3), codes(13, 4)
+    age1, age2 = 40 * 365.25, 70 * 365.25
+    row = torch.cat([p1, p2]).unsqueeze(0)
+    ages = torch.cat([torch.full((9,), age1), torch.full((13,), age2)]).unsqueeze(0)
+    segments = torch.cat([torch.zeros(9, dtype=torch.long), torch.ones(13, dtype=torch.long)]).unsqueeze(0)
+    with torch.no_grad():
+        packed = model(row, ages, segments)["logits"][0]
+        alone1 = model(p1.unsqueeze(0), torch.full((1, 9), age1))["logits"][0]
+        alone2 = model(p2.unsqueeze(0), torch.full((1, 13), age2))["logits"][0]
+    torch.testing.assert_close(packed[:9], alone1, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed[9:], alone2, rtol=1e-5, atol=1e-5)
+    targets = torch.cat([row[0, 1:], torch.tensor([-100])]).unsqueeze(0)
+    out = model(row, ages, segments, targets=targets)
+    assert int(out["n"]) == 21 and torch.isfinite(out["loss"])
+
+
+def test_kv_cache_equals_full_recomputation():
+    """Every step's logits from the cached sampler equal a full forward pass over prompt + the future so far,
+    for prompts of different lengths in one left-padded batch."""
+    model = decoder()
+    prompts = [codes(7, 5), codes(15, 6), codes(3, 7)]
+    ages = torch.tensor([30.0, 60.0, 85.0]) * 365.25
+    uniforms = torch.rand(3, 12, generator=torch.Generator().manual_seed(8))
+    out = model.generate(left_padded(prompts), ages, uniforms, return_logits=True)
+    assert out["tokens"].shape == (3, 12) and out["logits"].shape == (3, 12, V)
+    for r, prompt in enumerate(prompts):
+        seq = torch.cat([prompt, out["tokens"][r]]).unsqueeze(0)
+        with torch.no_grad():
+            full = model(seq, torch.full(seq.shape, float(ages[r])))["logits"][0]
+        steps = full[len(prompt) - 1 : len(prompt) - 1 + 12]  # the logits that predicted each new token
+        torch.testing.assert_close(out["logits"][r], steps, rtol=1e-4, atol=1e-4)
+
+
+def test_same_draws_same_future_whatever_the_batch():
+    model = decoder()
+    prompts = [codes(7, 9), codes(11, 10)]
+    ages = torch.tensor([45.0, 66.0]) * 365.25
+    uniforms = torch.rand(2, 10, generator=torch.Generator().manual_seed(11))
+    both = model.generate(left_padded(prompts), ages, uniforms)["tokens"]
+    again = model.generate(left_padded(prompts), ages, uniforms)["tokens"]
+    alone = model.generate(prompts[1].unsqueeze(0), ages[1:], uniforms[1:])["tokens"]
+    assert torch.equal(both, again) and torch.equal(both[1], alone[0])
+    other = model.generate(left_padded(prompts), ages, torch.rand(2, 10, generator=torch.Generator().manual_seed(12)))
+    assert not torch.equal(both, other["tokens"])
+    assert (make_family()[both] != SPECIAL).all()  # never a special token
+
+
+def test_a_future_stops_where_it_is_told_and_pads_after():
+    """STOP ends each row's future after the token that completes it (e.g. the time token that crosses the
+    horizon); nothing follows it but padding, and the loop ends when every row is done."""
+    model = decoder()
+    prompts = left_padded([codes(6, 13), codes(9, 14)])
+    uniforms = torch.rand(2, 30, generator=torch.Generator().manual_seed(15))
+    free = model.generate(prompts, torch.tensor([20000.0, 25000.0]), uniforms)["tokens"]
+    at = {0: 3, 1: 7}
+    calls = []
+
+    def stop(new: torch.Tensor, step: int) -> torch.Tensor:
+        calls.append(step)
+        return torch.tensor([step >= at[0], step >= at[1]])
+
+    out = model.generate(prompts, torch.tensor([20000.0, 25000.0]), uniforms, stop=stop)["tokens"]
+    for r, s in at.items():
+        assert torch.equal(out[r, : s + 1], free[r, : s + 1])  # the same future up to the stop
+        assert (out[r, s + 1 :] == PAD_ID).all()
+    assert max(calls) == at[1]  # no step after every row was done
