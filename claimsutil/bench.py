@@ -4,6 +4,7 @@
     python -m claimsutil.bench features [--patients 100000] [--meds DIR]
     python -m claimsutil.bench pretrain [--profile demo --scale xl --seconds 20 --threads 1 --bf16 false
                                          --width-step 0 --micro-tokens 4096 --compile]  (needs the bench extra)
+    python -m claimsutil.bench generate [--scale xl --batch 64 --prompt 64 --new 64 --threads 1]  (bench extra)
     python -m claimsutil.bench probe [--scales m,l,xl --seeds 1,2 --steps 600 --tokens-per-step 4096]
 
 The last line of each subcommand is machine-readable, e.g. `events_per_s=1234567 peak_rss_mib=812`.
@@ -386,6 +387,59 @@ def bench_pretrain(args: argparse.Namespace) -> str:
     return f"speedup_vs_hf={results['ours'] / results['hf']:.2f} mfu={achieved / peak:.4f} padding={padding:.4f}"
 
 
+def bench_generate(args: argparse.Namespace) -> str:
+    """Generated tokens/s of our sampler (ClaimsDecoder.generate: KV cache, batched) against HuggingFace
+    GPT2LMHeadModel.generate at the same width, depth, heads, FFN, vocabulary, batch, prompt and new tokens,
+    both sampling at temperature 1 from the full distribution, taking turns in the same process."""
+    import torch
+
+    from claimsutil.model import ClaimsDecoder, config_for
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    family = torch.full((args.vocab,), 3, dtype=torch.long)
+    family[:4] = 0  # the four specials
+    max_len = args.prompt + args.new
+    config = config_for(args.profile, args.scale, vocab_size=args.vocab, max_len=max_len)
+    ours = ClaimsDecoder(config, family).eval()
+    hf = _hf_decoder(config).eval()
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(4, args.vocab, (args.batch, args.prompt), generator=gen)
+    ages = torch.full((args.batch,), 60 * 365.25)
+
+    def run_ours() -> int:
+        uniforms = torch.rand(args.batch, args.new, generator=gen)
+        return int(ours.generate(prompt, ages, uniforms)["tokens"].numel())
+
+    def run_hf() -> int:
+        with torch.no_grad():
+            out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=1.0,
+                              top_k=0, top_p=1.0, max_new_tokens=args.new, min_new_tokens=args.new,
+                              pad_token_id=0, use_cache=True)  # fmt: skip
+        return int(out[:, args.prompt :].numel())
+
+    print(f"model {args.profile}/{args.scale}: n_layer={config.n_layer} n_head={config.n_head} n_embd={config.n_embd} "
+          f"vocab={args.vocab}; batch={args.batch} prompt={args.prompt} new={args.new} threads={args.threads}; "
+          f"parameters ours={ours.get_num_params(False):,} hf={sum(p.numel() for p in hf.parameters()):,}")  # fmt: skip
+    results = {}
+    for name, (steps, tokens, seconds) in _timed_steps({"ours": run_ours, "hf": run_hf}, args.seconds, 1).items():
+        results[name] = tokens / seconds
+        print(f"{name}: calls={steps} generated_tokens={tokens:,} seconds={seconds:.1f} "
+              f"generated_tokens_per_s={tokens / seconds:,.0f}", flush=True)  # fmt: skip
+    return f"speedup_vs_hf={results['ours'] / results['hf']:.2f}"
+
+
+def _hf_decoder(config):
+    """GPT2LMHeadModel of the same width, depth, heads, FFN (exact GELU), vocabulary and length as CONFIG."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf_config = GPT2Config(vocab_size=config.vocab_size, n_positions=config.max_len, n_embd=config.n_embd,
+                           n_layer=config.n_layer, n_head=config.n_head, n_inner=config.ffn_mult * config.n_embd,
+                           activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                           tie_word_embeddings=False, pad_token_id=0, bos_token_id=2, eos_token_id=None)  # fmt: skip
+    return GPT2LMHeadModel(hf_config)
+
+
 def probe_evaluate(model_dir: str | Path, store_dir: str, splits_dir: str, eval_tokens: int, seed: int = 0) -> dict:
     """Validation loss per family of the model in MODEL_DIR on one fixed sample (SEED: which validation
     patients, up to EVAL_TOKENS real tokens, and which of their codes are masked), the same for every scale
@@ -515,8 +569,18 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="runs at a time (one thread each)")
     probe.add_argument("--lr", type=float, default=None, help="one peak learning rate, every scale")
     probe.add_argument("--eval-tokens", type=int, default=262_144, help="real tokens of the common validation sample")
+    gen = sub.add_parser("generate", help="sampling: generated tokens/s against HF GPT2LMHeadModel.generate")
+    gen.add_argument("--profile", default="demo")
+    gen.add_argument("--scale", default="xl")
+    gen.add_argument("--vocab", type=int, default=8772, help="vocabulary size (the demo world's)")
+    gen.add_argument("--batch", type=int, default=64, help="patients sampled together")
+    gen.add_argument("--prompt", type=int, default=64, help="prompt tokens per patient")
+    gen.add_argument("--new", type=int, default=64, help="new tokens per patient")
+    gen.add_argument("--seconds", type=float, default=20.0, help="timed seconds per model")
+    gen.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    commands = {"synth": bench_synth, "features": bench_features, "pretrain": bench_pretrain, "probe": bench_probe}
+    commands = {"synth": bench_synth, "features": bench_features, "pretrain": bench_pretrain, "probe": bench_probe,
+                "generate": bench_generate}  # fmt: skip
     line = commands[args.command](args)
     print(line)
     return 0

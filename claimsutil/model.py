@@ -129,7 +129,11 @@ class SelfAttention(nn.Module):
             v_buf[:, :, start : start + T] = v
             k, v = k_buf[:, :, : start + T], v_buf[:, :, : start + T]  # (B, nh, start + T, hs)
         p = self.dropout if self.training else 0.0
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        if cache is not None and T == 1:
+            # One new query per row (sampling): two small batched matmuls beat the flash kernel's set-up.
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, 1, L)
+            y = torch.softmax(att.masked_fill(~mask, -math.inf), dim=-1) @ v  # (B, nh, 1, hs)
+        elif q.device.type == "cpu" and q.dtype == torch.bfloat16:
             # On CPU the fp32 attention kernel outruns the bf16 one at these head sizes (bench pretrain), so
             # under bf16 autocast only the Linears run in bf16.
             with torch.autocast("cpu", enabled=False):
@@ -503,7 +507,7 @@ class ClaimsDecoder(nn.Module):
         valid[:, :T0] = prompt != PAD_ID
         pos = (valid[:, :T0].long().cumsum(1) - 1).clamp(min=0)  # (B, T0) positions from each row's first token
         row_ages = ages.float().unsqueeze(1)  # (B, 1)
-        banned = (self.family == SPECIAL).to(dev)  # (V,)
+        banned = torch.zeros(cfg.vocab_size, device=dev).masked_fill((self.family == SPECIAL).to(dev), -math.inf)
         out_tokens = torch.full((B, n_new), PAD_ID, dtype=torch.long, device=dev)
         out_logits = [] if return_logits else None
         done = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -519,8 +523,8 @@ class ClaimsDecoder(nn.Module):
         for step in range(n_new):
             if return_logits:
                 out_logits.append(last)
-            probs = torch.softmax((last / temperature).masked_fill(banned, -math.inf), dim=-1)  # (B, V)
-            cdf = probs.cumsum(-1)  # (B, V)
+            z = last / temperature + banned  # (B, V); banned: -inf on the special tokens
+            cdf = (z - z.max(dim=-1, keepdim=True).values).exp_().cumsum(-1)  # (B, V) unnormalised CDF
             u = uniforms[:, step : step + 1].to(cdf.dtype) * cdf[:, -1:]  # (B, 1)
             new = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cfg.vocab_size - 1)  # (B,)
             new = torch.where(done, PAD_ID, new)
