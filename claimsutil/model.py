@@ -197,6 +197,24 @@ def positions_in_patient(tokens: torch.Tensor, segments: torch.Tensor | None = N
     return idx - torch.where(starts, idx, 0).cummax(dim=1).values  # (B, T)
 
 
+def _init_module(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if module.bias is not None:
+            torch.nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
+def init_weights(model: nn.Module, n_layer: int) -> None:
+    """GPT-2's initialisation: Linears and Embeddings N(0, 0.02), biases 0, and the projections into the
+    residual stream scaled by 1 / sqrt(2 n_layer), which keeps its variance from growing with depth."""
+    model.apply(_init_module)  # children before parents, as nn.Module.apply visits them
+    for name, p in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+
 class ClaimsEncoder(nn.Module):
     def __init__(self, config: ModelConfig, family: torch.Tensor):
         super().__init__()
@@ -221,20 +239,7 @@ class ClaimsEncoder(nn.Module):
         self.diagnosis_head = nn.Linear(config.n_embd, int((family == DIAGNOSIS).sum()), bias=config.bias)
         self.drug_head = nn.Linear(config.n_embd, int((family == DRUG).sum()), bias=config.bias)
         self.age_head = nn.Linear(config.n_embd, 1, bias=config.bias)
-        self.apply(self._init_weights)
-        # GPT-2's scaled init of the projections into the residual stream keeps its variance from growing
-        # with depth.
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        init_weights(self, config.n_layer)
 
     def get_num_params(self, non_embedding: bool = True) -> int:
         """Parameters; non_embedding leaves out the token, position, age and visit embeddings and the
@@ -434,10 +439,7 @@ class ClaimsDecoder(nn.Module):
         self.h = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.apply(lambda module: ClaimsEncoder._init_weights(self, module))
-        for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight"):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        init_weights(self, config.n_layer)
 
     def get_num_params(self, non_embedding: bool = True) -> int:
         """Parameters; non_embedding leaves out the token, position and age embeddings and the output head, as
@@ -534,7 +536,7 @@ class ClaimsDecoder(nn.Module):
             if bool(done.all()) or step == n_new - 1:
                 break
             at = T0 + step
-            valid[:, at] = ~done | (new != PAD_ID)
+            valid[:, at] = new != PAD_ID  # rows done before this step sampled nothing
             mask = valid[:, None, None, : at + 1]  # (B, 1, 1, at + 1)
             x = self._embed(new.unsqueeze(1), row_ages, next_pos.unsqueeze(1))
             for block, (k, v) in zip(self.h, buffers, strict=True):

@@ -13,6 +13,17 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: the machine has 2 cores shared with other work, and oversubscription is 10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def static_meds(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package's static sample: nested split shards and code metadata covering only some codes."""

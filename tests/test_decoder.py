@@ -18,12 +18,7 @@ def make_family() -> torch.Tensor:
     return family
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def decoder(seed: int = 0) -> ClaimsDecoder:

@@ -29,13 +29,7 @@ V = 120  # 4 specials, 60 diagnoses, 50 drugs, 6 other codes
 N_DIAG, N_DRUG = 60, 50
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine has 2 cores shared with other work; one thread avoids oversubscription (10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_family(vocab_size: int = V, n_diag: int = N_DIAG, n_drug: int = N_DRUG) -> torch.Tensor:

@@ -440,7 +440,7 @@ def _pretrain(run: Run, store_dir, pretrain_ids, val_ids, *, resume: bool, progr
     state.wall += time.perf_counter() - t0
     if state.step < config.max_steps:
         return {"steps": state.step, "stopped": True}
-    metrics = _metrics(run, model, state, row_len)
+    metrics = _metrics(run, model, state)
     metrics["patients_pretrain"], metrics["patients_without_age"] = len(train_idx), without_age
     metrics["resumed_from_step"] = resumed_from
     if run.rank == 0:
@@ -475,7 +475,7 @@ def _checkpoint(run: Run, model: ClaimsEncoder, optimizer, state: RunState, elap
         dist.barrier()
 
 
-def _metrics(run: Run, model: ClaimsEncoder, state: RunState, row_len: int) -> dict[str, Any]:
+def _metrics(run: Run, model: ClaimsEncoder, state: RunState) -> dict[str, Any]:
     totals = dict(state.counters)
     if run.world > 1:  # pad and processed are per rank; tokens are counted for the whole step on every rank
         t = torch.tensor([totals["pad"], totals["processed"]], dtype=torch.float64)
