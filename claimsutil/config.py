@@ -93,6 +93,15 @@ def execution_fields(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls) if f.metadata.get("execution")}
 
 
+def stage_field(default: Any, **kwargs: Any) -> Any:
+    """A field the stage sets, never params.yaml (the pretraining objective: each stage trains its own model)."""
+    return field(default=default, metadata={"stage": True}, **kwargs)
+
+
+def stage_fields(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.metadata.get("stage")}
+
+
 # ------------------------------------------------------------------------------------------- sections
 
 
@@ -265,6 +274,8 @@ class PretrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas (BERT-style 0.98 for large-batch stability)
     grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
     mask_rate: float = 0.15  # share of codes selected for prediction (BERT's 80/10/10 corruption)
+    # Set by the stage: masked codes (pretrain@: the encoder) or next token (pretrain_gen@: the decoder).
+    objective: Literal["masked", "next"] = stage_field("masked")
     bf16: bool = False  # autocast to bfloat16 (CPU or CUDA, where supported); off for bitwise CPU results
     eval_every: int = 40  # steps between validation evaluations (and at the last step)
     eval_tokens: int = 16384  # real tokens in the fixed validation sample (validation-split patients)
@@ -432,7 +443,7 @@ SECTIONS: dict[str, type] = {
     "laws": LawsConfig,
     "evaluation": EvaluationParams,
 }
-TOP_LEVEL = ("profile", *SECTIONS, "scales", "tasks")
+TOP_LEVEL = ("profile", *SECTIONS, "scales", "generative", "tasks")
 
 
 @dataclass(frozen=True)
@@ -446,6 +457,7 @@ class StudyParams:
     tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     scales: dict[str, dict[str, Any]] = field(default_factory=dict)  # scale name -> overrides of `pretrain`
+    generative: dict[str, Any] = field(default_factory=dict)  # the decoder's overrides, after the scale's
     features: FeatureConfig = field(default_factory=FeatureConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -463,6 +475,11 @@ class StudyParams:
         if scale not in self.scales:
             raise ParamsError(f"{PARAMS_FILE}: scale '{scale}' is not under `scales` (have {list(self.scales)})")
         return dataclasses.replace(self.pretrain, **self.scales[scale])
+
+    def pretrain_gen_for(self, scale: str) -> PretrainConfig:
+        """The generative model's pretraining at SCALE: `pretrain_for(scale)`, then the overrides of the
+        `generative` section, with the next-token objective."""
+        return dataclasses.replace(self.pretrain_for(scale), **self.generative, objective="next")
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -543,7 +560,7 @@ def build_section(cls: type, section: str, raw: Any, extra: dict[str, Any] | Non
     if not isinstance(raw, dict):
         raise ParamsError(f"{PARAMS_FILE}: {section} = {raw!r} must be a mapping of keys to values")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in (extra or {})]
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in (extra or {}) and f.name not in stage_fields(cls)]
     unknown = sorted(str(k) for k in set(raw) - set(names))
     if unknown:
         raise ParamsError(f"{PARAMS_FILE}: unknown key(s) {unknown} in section '{section}' (known: {names})")
@@ -625,6 +642,7 @@ def load_params(path: str | Path | None = None) -> StudyParams:
         profile=profile,
         tasks=_tasks(raw.get("tasks"), sections["cohort"]),
         scales=_scales(raw.get("scales"), sections["pretrain"]),
+        generative=_pretrain_overrides(raw.get("generative"), "generative", sections["pretrain"]),
         **sections,
     )
 
@@ -649,25 +667,30 @@ def _tasks(raw: Any, cohort: CohortParams) -> tuple[TaskSpec, ...]:
 def _scales(raw: Any, pretrain: PretrainConfig) -> dict[str, dict[str, Any]]:
     if not isinstance(raw, dict) or not raw:
         raise ParamsError(f"{PARAMS_FILE}: scales = {raw!r} must map at least one scale name to its overrides")
-    hints = typing.get_type_hints(PretrainConfig)
     out = {}
     for name, body in raw.items():
         key = f"scales.{name}"
         if not isinstance(name, str) or not TASK_NAME.match(name):
             raise ParamsError(f"{PARAMS_FILE}: scale name {name!r} must be letters, digits, '_', '.' or '-'")
-        body = {} if body is None else body
-        if not isinstance(body, dict):
-            raise ParamsError(f"{PARAMS_FILE}: {key} = {body!r} must be a mapping of `pretrain` keys to values")
-        unknown = sorted(set(body) - set(SCALE_KEYS))
-        if unknown:
-            raise ParamsError(f"{PARAMS_FILE}: unknown key(s) {unknown} in {key} (a scale may set {list(SCALE_KEYS)})")
-        overrides = {k: convert(v, hints[k], f"{key}.{k}") for k, v in body.items()}
-        try:
-            dataclasses.replace(pretrain, **overrides)
-        except _Invalid as e:
-            raise ParamsError(f"{PARAMS_FILE}: {key}.{e.key} = {e.value!r} {e.why}") from None
-        out[name] = overrides
+        out[name] = _pretrain_overrides(body, key, pretrain)
     return out
+
+
+def _pretrain_overrides(body: Any, key: str, pretrain: PretrainConfig) -> dict[str, Any]:
+    """BODY (the mapping at KEY: a scale, or the generative section) as checked overrides of `pretrain`."""
+    hints = typing.get_type_hints(PretrainConfig)
+    body = {} if body is None else body
+    if not isinstance(body, dict):
+        raise ParamsError(f"{PARAMS_FILE}: {key} = {body!r} must be a mapping of `pretrain` keys to values")
+    unknown = sorted(set(body) - set(SCALE_KEYS))
+    if unknown:
+        raise ParamsError(f"{PARAMS_FILE}: unknown key(s) {unknown} in {key} (it may set {list(SCALE_KEYS)})")
+    overrides = {k: convert(v, hints[k], f"{key}.{k}") for k, v in body.items()}
+    try:
+        dataclasses.replace(pretrain, **overrides)
+    except _Invalid as e:
+        raise ParamsError(f"{PARAMS_FILE}: {key}.{e.key} = {e.value!r} {e.why}") from None
+    return overrides
 
 
 # ------------------------------------------------------------------------------------------- profiles

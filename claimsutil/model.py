@@ -418,6 +418,53 @@ def masking(
     return corrupted, positions, targets
 
 
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Sum over rows of cross_entropy(x @ weight.T, y), with its gradients computed in the forward pass, a block
+    of rows at a time: the (rows, V) logits of a block stay in cache and are never stored, and softmax is
+    taken once (log_softmax's forward and backward passes over the whole (n, V) matrix were most of a small
+    decoder's step). Also returns each row's cross-entropy (no gradient flows through it)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, block: int):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xf, wf = x.float(), weight.float()  # fp32 logits and softmax, also under bf16 autocast
+            grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+            ce = torch.empty(xf.size(0), device=x.device)  # (n,)
+            grad_x = torch.empty_like(xf) if grads else None  # (n, C)
+            grad_w = torch.zeros_like(wf) if grads else None  # (V, C)
+            for a in range(0, xf.size(0), block):
+                xb, yb = xf[a : a + block], y[a : a + block]  # (b, C), (b,)
+                logits = xb @ wf.t()  # (b, V)
+                target = logits.gather(1, yb.unsqueeze(1)).squeeze(1)  # (b,)
+                top = logits.amax(dim=1, keepdim=True)  # (b, 1)
+                e = logits.sub_(top).exp_()  # (b, V) in place of the logits
+                total = e.sum(dim=1, keepdim=True)  # (b, 1)
+                ce[a : a + block] = (top + total.log()).squeeze(1) - target  # log-sum-exp - target logit
+                if grads:
+                    p = e.div_(total)  # (b, V) softmax
+                    p[torch.arange(yb.numel(), device=x.device), yb] -= 1.0  # d ce / d logits
+                    grad_x[a : a + block] = p @ wf  # (b, C)
+                    grad_w.addmm_(p.t(), xb)  # (V, C)
+        ctx.mark_non_differentiable(ce)
+        ctx.save_for_backward(grad_x, grad_w)
+        ctx.dtypes = (x.dtype, weight.dtype)
+        return ce.sum(), ce
+
+    @staticmethod
+    def backward(ctx, grad_sum: torch.Tensor, _grad_rows):
+        grad_x, grad_w = ctx.saved_tensors
+        gx = (grad_x * grad_sum).to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None
+        gw = (grad_w * grad_sum).to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None
+        return gx, gw, None, None
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, block: int = 128):
+    """(sum of the rows' cross-entropies of logits x @ weight.T against y, each row's cross-entropy): x (n, C),
+    weight (V, C), y (n,). Only the sum carries a gradient; the same values and gradients as F.cross_entropy
+    on the full logits, in a fraction of the memory traffic."""
+    return _LinearCrossEntropy.apply(x, weight, y, block)
+
+
 class ClaimsDecoder(nn.Module):
     """Decoder-only event model (as CoMET): the encoder's embeddings and blocks under causal attention, trained
     to predict each next token over the whole vocabulary, so it can sample a patient's future.
@@ -450,6 +497,13 @@ class ClaimsDecoder(nn.Module):
             n_params -= sum(p.numel() for p in self.age_encoding.parameters())
         return n_params
 
+    def head_params(self) -> int:
+        """Parameters of the vocabulary-sized output head."""
+        return self.lm_head.weight.numel()
+
+    # Model FLOPs as the encoder counts them; the head runs at every token with a next token (HEAD_SHARE ~1).
+    flops_per_token = ClaimsEncoder.flops_per_token
+
     def _embed(self, tokens: torch.Tensor, ages: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         assert int(pos.max()) < self.config.max_len, f"a patient longer than max_len={self.config.max_len} tokens"
         return self.drop(self.wte(tokens) + self.wpe(pos) + self.age_encoding(ages))  # (B, T, C)
@@ -461,8 +515,9 @@ class ClaimsDecoder(nn.Module):
         segments: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """{"logits": (B, T, V)}; with TARGETS ((B, T) next-token ids, -100 where there is none) also "loss",
-        the mean cross-entropy over the targets, and "n", their number."""
+        """{"logits": (B, T, V)}. With TARGETS ((B, T) next-token ids, -100 where there is none) the head runs
+        only where there is a target: {"ce": (n,) each target's cross-entropy (no gradient), "targets": (n,) their
+        ids, "loss_sum" and "loss" (the sum and the mean, with gradients), "n"}."""
         pos = positions_in_patient(tokens, segments)  # (B, T)
         T = tokens.size(1)
         causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()  # (T, T)
@@ -470,13 +525,15 @@ class ClaimsDecoder(nn.Module):
         x = self._embed(tokens, ages, pos)
         for block in self.h:
             x = block(x, mask)  # (B, T, C)
-        logits = self.lm_head(self.ln_f(x)).float()  # (B, T, V)
-        out = {"logits": logits}
-        if targets is not None:
-            n = (targets != -100).sum()
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
-            out["loss"], out["n"] = loss / n.clamp(min=1), n
-        return out
+        x = self.ln_f(x)  # (B, T, C)
+        if targets is None:
+            return {"logits": self.lm_head(x).float()}  # (B, T, V)
+        keep = targets >= 0  # (B, T)
+        y = targets[keep]  # (n,)
+        # Gather first, project second: n rows, not B * T (padding and each patient's last token have no target).
+        total, ce = linear_cross_entropy(x[keep], self.lm_head.weight, y)  # (), (n,)
+        n = y.numel()
+        return {"ce": ce, "targets": y, "loss_sum": total, "loss": total / max(n, 1), "n": torch.tensor(n)}
 
     @torch.no_grad()
     def generate(

@@ -80,6 +80,39 @@ def table1(pretrain: dict[str, dict], baseline: dict[str, float] | None = None) 
     return pl.DataFrame(rows)
 
 
+def read_pretrain_gen_metrics(metrics_dir: str | Path, scales: list[str]) -> dict[str, dict]:
+    """{scale: the pretrain_gen stage's metrics JSON}; a missing file is an error naming it."""
+    out = {}
+    for scale in scales:
+        path = Path(metrics_dir) / f"pretrain_gen-{scale}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no generative pretraining metrics for scale '{scale}' (run pretrain_gen)")
+        out[scale] = json.loads(path.read_text(encoding="utf-8"))
+    return out
+
+
+def table1_generative(pretrain_gen: dict[str, dict]) -> pl.DataFrame:
+    """Table 1's generative rows: the decoder at each scale, its next-token loss (all targets, and by the family
+    of the token predicted) beside the frequency baseline of its stage (a unigram model of the pretraining
+    patients' timelines), and how far below the baseline it ends."""
+    rows = []
+    for scale, m in pretrain_gen.items():
+        val, base = m.get("final_val_loss") or {}, m.get("frequency_baseline") or {}
+        row = {
+            "scale": scale, "parameters": m["parameters"], "non_embedding": m["parameters_non_embedding"],
+            "layers": m["layers"], "width": m["width"], "heads": m["heads"], "ffn": m["ffn"],
+            "tokens": m["tokens_seen"], "flops": float(m["training_flops"]), "wall_time_s": m["wall_time_s"],
+            "hours": m["wall_time_s"] / 3600, "val_loss": val.get("total"), "baseline": base.get("total"),
+        }  # fmt: skip
+        row["below_baseline"] = (
+            None if None in (row["val_loss"], row["baseline"]) else row["baseline"] - row["val_loss"]
+        )
+        for family in ("diagnosis", "drug", "time"):
+            row[f"val_loss_{family}"], row[f"baseline_{family}"] = val.get(family), base.get(family)
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
 @dataclass(frozen=True)
 class PowerLaw:
     """y = coefficient * x ** -exponent, fitted by least squares on log y against log x."""
@@ -546,9 +579,9 @@ def _short_number(x: float) -> str:
 
 def notebook_reports(scales: list[str]) -> list[str]:
     """The HTML export of every notebook the pipeline runs, in pipeline order."""
-    return (["00_data.html", "01_cohort.html", "02_tokenize.html"] + [f"03_pretrain-{s}.html" for s in scales]
-            + [f"04_finetune-{s}.html" for s in scales] + ["05_baseline.html", "06_scaling.html",
-                                                             "07_scaling_laws.html"])  # fmt: skip
+    per_scale = [f"{prefix}-{s}.html" for prefix in ("03_pretrain", "03b_pretrain_gen", "04_finetune") for s in scales]
+    return ["00_data.html", "01_cohort.html", "02_tokenize.html", *per_scale, "05_baseline.html", "06_scaling.html",
+            "07_scaling_laws.html"]  # fmt: skip
 
 
 def write_index(reports_dir: str | Path, headline: list[str], notebooks: list[str]) -> Path:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from claimsutil.model import DIAGNOSIS, DRUG, OTHER, PAD_ID, SPECIAL, ClaimsDecoder, ModelConfig
+from claimsutil.model import DIAGNOSIS, DRUG, OTHER, PAD_ID, SPECIAL, ClaimsDecoder, ModelConfig, linear_cross_entropy
+from claimsutil.train.loop import next_targets
 
 V = 120  # 4 specials, 60 diagnoses, 50 drugs, 6 other codes (time tokens will be "other")
 
@@ -118,3 +120,35 @@ def test_a_future_stops_where_it_is_told_and_pads_after():
         assert torch.equal(out[r, : s + 1], free[r, : s + 1])  # the same future up to the stop
         assert (out[r, s + 1 :] == PAD_ID).all()
     assert max(calls) == at[1]  # no step after every row was done
+
+
+def test_blockwise_linear_cross_entropy_equals_the_full_logits():
+    """The fused head (blocks of rows, gradients in the forward pass) gives F.cross_entropy's values and
+    gradients on the full logits, whatever the block size; without gradients it only scores."""
+    g = torch.Generator().manual_seed(0)
+    x0, w0 = torch.randn(37, 16, generator=g), torch.randn(V, 16, generator=g) * 0.3
+    y = torch.randint(0, V, (37,), generator=g)
+    x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+    ref = F.cross_entropy(x @ w.t(), y, reduction="none")
+    (ref.sum() * 0.5).backward()
+    for block in (1, 8, 37, 256):
+        xb, wb = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        total, rows = linear_cross_entropy(xb, wb, y, block)
+        (total * 0.5).backward()
+        torch.testing.assert_close(rows, ref.detach(), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(total, ref.sum().detach(), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(xb.grad, x.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(wb.grad, w.grad, rtol=1e-5, atol=1e-6)
+        assert not rows.requires_grad
+    with torch.no_grad():
+        total, rows = linear_cross_entropy(x0, w0, y, 8)
+    torch.testing.assert_close(rows, ref.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_next_token_targets_stay_within_a_patient_and_skip_specials():
+    unk = 3
+    tokens = torch.tensor([[2, 10, 11, 2, 12, unk, 13, PAD_ID, PAD_ID]])
+    segments = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2, 2]])
+    targets = next_targets(tokens, segments, make_family())
+    # the last token of a patient, the token before [UNK] (not predicted) and padding have no target
+    assert targets.tolist() == [[10, 11, -100, 12, -100, 13, -100, -100, -100]]

@@ -21,8 +21,9 @@ from claimsutil import tokenize as tok
 from claimsutil import train as tr
 from claimsutil.batching import PackedRows
 from claimsutil.config import CohortParams, ParamsError, PretrainConfig, SynthParams, build_section
-from claimsutil.model import PAD_ID, ClaimsEncoder, ModelConfig, config_for
+from claimsutil.model import PAD_ID, ClaimsDecoder, ClaimsEncoder, ModelConfig, config_for
 from claimsutil.synth import generate
+from claimsutil.timeline import TIME_BINS
 from claimsutil.train.__main__ import main as train_cli
 
 ROW_LEN = 128
@@ -60,13 +61,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "train": splits.filter(pl.col("split") == "train")["subject_id"].to_numpy(),
         "val": splits.filter(pl.col("split") == "validation")["subject_id"].to_numpy(),
         "model": config_for("demo", "xs", vocab_size=len(vocab.tokens), max_len=ROW_LEN),
+        # the decoder's vocabulary adds the time tokens
+        "model_next": config_for("demo", "xs", vocab_size=len(vocab.tokens) + len(TIME_BINS), max_len=ROW_LEN),
     }
 
 
 def run(store: dict, out: Path, config: tr.PretrainConfig = CONFIG, **kwargs) -> dict:
-    return tr.pretrain(
-        store["dir"], store["train"], store["model"], config, out, store["val"], progress=False, **kwargs
-    )
+    model = store["model_next"] if config.objective == "next" else store["model"]
+    return tr.pretrain(store["dir"], store["train"], model, config, out, store["val"], progress=False, **kwargs)
 
 
 def test_packing_whole_patients_once_per_epoch_little_padding(store):
@@ -133,8 +135,9 @@ def test_schedule_warmup_then_cosine_to_min_lr():
     assert tr.learning_rate(int(mid), c) == pytest.approx(1e-4 + 0.5 * (1 + math.cos(math.pi * 44 / 89)) * 9e-4)
 
 
-def test_loss_decreases_and_outputs_are_consistent(store, tmp_path):
-    m = run(store, tmp_path, resume=False)
+@pytest.mark.parametrize("objective", ["masked", "next"])
+def test_loss_decreases_and_outputs_are_consistent(store, tmp_path, objective):
+    m = run(store, tmp_path, replace(CONFIG, objective=objective), resume=False)
     with open(tmp_path / "loss_curve.csv", newline="") as fh:
         curve = list(csv.DictReader(fh))
     train = [float(r["train_loss"]) for r in curve]
@@ -159,18 +162,21 @@ def test_loss_decreases_and_outputs_are_consistent(store, tmp_path):
     assert 0 <= m["padding_fraction"] < 0.10
     assert m["tokens_processed"] * (1 - m["padding_fraction"]) == pytest.approx(m["tokens_seen"])
     assert m["training_flops"] >= 6 * m["parameters_non_embedding"] * m["tokens_seen"]
-    assert set(m["final_val_loss"]) == {"diagnosis", "drug", "age", "total"}
+    families = {"masked": {"diagnosis", "drug", "age"}, "next": {"diagnosis", "drug", "time", "other"}}[objective]
+    assert set(m["final_val_loss"]) == families | {"total"} and m["objective"] == objective
     assert m["final_val_loss"]["total"] == pytest.approx(val[-1])
     s = tok.TokenStore(store["dir"])
     no_age = set(s.subjects[tr.patients_without_age(s)].tolist())  # counted
     assert m["patients_without_age"] == len(no_age & set(store["train"]) | no_age & set(store["val"]))
     assert m["patients_pretrain"] == len(set(store["train"]))  # counted, not dropped
     model = tr.load_pretrained(tmp_path / "model.pt")
+    assert type(model) is {"masked": ClaimsEncoder, "next": ClaimsDecoder}[objective]
     assert model.get_num_params(non_embedding=False) == m["parameters"]
 
 
-def test_resume_is_bitwise_identical(store, tmp_path):
-    c = replace(CONFIG, max_steps=8, warmup_steps=2, eval_every=3)
+@pytest.mark.parametrize("objective", ["masked", "next"])
+def test_resume_is_bitwise_identical(store, tmp_path, objective):
+    c = replace(CONFIG, max_steps=8, warmup_steps=2, eval_every=3, objective=objective)
     straight = run(store, tmp_path / "straight", c)
     first = run(store, tmp_path / "resumed", c, stop_after=4)
     assert first["stopped"] and not (tmp_path / "resumed" / "model.pt").exists()
@@ -187,8 +193,8 @@ def test_resume_is_bitwise_identical(store, tmp_path):
         assert straight[key] == resumed[key], key
 
 
-@pytest.mark.parametrize("width_step", [0, 32])
-def test_ddp_two_processes_match_one(store, tmp_path, width_step):
+@pytest.mark.parametrize(("width_step", "objective"), [(0, "masked"), (32, "masked"), (32, "next")])
+def test_ddp_two_processes_match_one(store, tmp_path, width_step, objective):
     """Two gloo processes, each half of every step's rows, against one process doing all of them. Same rows,
     same masks (seeded by step, not rank), same global loss normalisation, so only the order of the floating
     point sums differs (each rank accumulates its micro-batches, then the all-reduce adds the two halves):
@@ -198,7 +204,7 @@ def test_ddp_two_processes_match_one(store, tmp_path, width_step):
             "--max-len", str(ROW_LEN), "--max-steps", "4", "--warmup-steps", "2", "--tokens-per-step", "2048",
             "--micro-tokens", "512", "--lr", "3e-3", "--eval-every", "2", "--eval-tokens", "1024",
             "--num-threads", "1", "--seed", "5", "--device", "cpu", "--no-progress",
-            "--width-step", str(width_step)]  # fmt: skip
+            "--width-step", str(width_step), "--objective", objective]  # fmt: skip
     assert train_cli([*args, "--out", str(tmp_path / "one")]) == 0
     single = json.loads((tmp_path / "one" / "metrics.json").read_text())
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -216,6 +222,7 @@ def test_ddp_two_processes_match_one(store, tmp_path, width_step):
     assert done.returncode == 0, done.stderr[-3000:]
     double = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert double["world_size"] == 2 and single["world_size"] == 1
+    assert single["objective"] == double["objective"] == objective
     assert double["tokens_seen"] == single["tokens_seen"]
     assert double["tokens_processed"] == single["tokens_processed"]
     assert double["final_train_loss"] == pytest.approx(single["final_train_loss"], rel=1e-4)

@@ -35,6 +35,7 @@ from claimsutil.train.loop import (
     pretrain,
     result_config,
     step_generator,
+    store_indices,
     train_step,
     validation_batches,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "split_ids",
     "start_run",
     "step_generator",
+    "store_indices",
     "table1_row",
     "train_step",
     "validation_batches",

@@ -15,10 +15,11 @@ import json
 import os
 import sys
 import typing
+from dataclasses import replace
 
 from claimsutil import tokenize as tok
 from claimsutil.config import ParamsError, PretrainConfig, convert
-from claimsutil.model import config_for
+from claimsutil.train.launch import model_config as model_config_for
 from claimsutil.train.launch import split_ids
 from claimsutil.train.loop import pretrain
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     store = tok.TokenStore(args.store)
     max_len = args.max_len or store.config.max_len
-    model_config = config_for(config.profile, args.scale, vocab_size=len(store.vocab.tokens), max_len=max_len)
+    model_config = replace(model_config_for(config, args.scale, store), max_len=max_len)
     result = pretrain(args.store, split_ids(args.splits, "train"), model_config, config, args.out,
                       split_ids(args.splits, "validation"), resume=not args.no_resume,
                       progress=not args.no_progress)  # fmt: skip

@@ -21,8 +21,9 @@ import polars as pl
 import torch
 
 from claimsutil.config import PretrainConfig
-from claimsutil.model import ClaimsEncoder, ModelConfig, config_for
-from claimsutil.train.loop import pretrain, result_config
+from claimsutil.model import ModelConfig, config_for
+from claimsutil.timeline import TIME_BINS
+from claimsutil.train.loop import MODELS, pretrain, result_config
 
 
 def split_ids(splits_path: str | Path, split: str) -> np.ndarray:
@@ -100,14 +101,16 @@ def pretrain_processes(store_dir: str | Path, splits_path: str | Path, out_dir: 
 
 
 def model_config(config: PretrainConfig, scale: str, store) -> ModelConfig:
-    """The model of SCALE in config.profile's presets, sized to the token store (vocabulary, max_len)."""
-    return config_for(config.profile, scale, vocab_size=len(store.vocab.tokens), max_len=store.config.max_len)
+    """The model of SCALE in config.profile's presets, sized to the token store (vocabulary, max_len); the
+    decoder's vocabulary adds the time tokens (`claimsutil.timeline`)."""
+    vocab_size = len(store.vocab.tokens) + (len(TIME_BINS) if config.objective == "next" else 0)
+    return config_for(config.profile, scale, vocab_size=vocab_size, max_len=store.config.max_len)
 
 
 def with_token_budget(config: PretrainConfig, model: ModelConfig) -> PretrainConfig:
     """CONFIG with max_steps resolved: the token rule applied to MODEL's non-embedding parameters (see
     `PretrainConfig.steps_for`); a config with max_steps > 0 is returned as it is."""
-    n = ClaimsEncoder(model, torch.zeros(model.vocab_size, dtype=torch.long)).get_num_params()
+    n = MODELS[config.objective](model, torch.zeros(model.vocab_size, dtype=torch.long)).get_num_params()
     return replace(config, max_steps=config.steps_for(n))
 
 

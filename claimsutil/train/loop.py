@@ -48,7 +48,8 @@ from tqdm import tqdm
 from claimsutil import tokenize as tok
 from claimsutil.batching import PackedRows, epoch_order, pack_rows
 from claimsutil.config import PretrainConfig, execution_fields
-from claimsutil.model import ClaimsEncoder, ModelConfig, masking
+from claimsutil.model import PAD_ID, SPECIAL, ClaimsDecoder, ClaimsEncoder, ModelConfig, masking
+from claimsutil.timeline import GEN_FAMILIES, Timeline
 
 __all__ = [
     "FAMILIES",
@@ -65,6 +66,7 @@ __all__ = [
 ]
 
 FAMILIES = ("diagnosis", "drug", "age")  # the three pretraining losses
+MODELS = {"masked": ClaimsEncoder, "next": ClaimsDecoder}  # the model each objective trains
 
 
 def result_config(config: PretrainConfig) -> dict[str, Any]:
@@ -135,68 +137,177 @@ def family_counts(model_family: torch.Tensor, targets: torch.Tensor, positions: 
     return {"diagnosis": int((fam == 1).sum()), "drug": int((fam == 2).sum()), "age": int(positions.sum())}
 
 
+# ------------------------------------------------------------------------------------ the two objectives
+
+
+class Masked:
+    """Masked-code prediction (the encoder): per step, masks drawn for the whole step; losses per family."""
+
+    families = FAMILIES
+
+    def __init__(self, model, config: PretrainConfig):
+        self.family, self.rate = model.family, config.mask_rate
+
+    def prepare(self, full: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
+        corrupted, positions, targets = masking(full["tokens"], self.family, self.rate, gen)
+        return {"corrupted": corrupted, "positions": positions, "targets": targets}
+
+    def counts(self, extra: dict[str, torch.Tensor]) -> dict[str, int]:
+        return family_counts(self.family, extra["targets"].clamp(min=0), extra["positions"])
+
+    def targets(self, counts: dict[str, int]) -> int:
+        return counts["age"]  # every masked position
+
+    def idle(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        t = batch["tokens"]
+        return {"corrupted": t, "positions": torch.zeros_like(t, dtype=torch.bool), "targets": t}
+
+    def outputs(self, model, batch, extra, device) -> dict[str, torch.Tensor]:
+        return model(
+            extra["corrupted"].to(device),
+            batch["ages"].to(device),
+            batch["visits"].to(device),
+            batch["segments"].to(device),
+            mlm_positions=extra["positions"].to(device),
+            targets=extra["targets"].clamp(min=0).to(device),
+        )
+
+    def loss(self, model, batch, extra, totals, device):
+        """The micro-batch's share of the step loss: each family mean times its share of the step's masked
+        codes. Returns (weighted total, {family: share}) as tensors."""
+        return masked_step_losses(model, batch, extra["corrupted"], extra["positions"], extra["targets"], totals,
+                                  device)  # fmt: skip
+
+    def total(self, model, losses: dict[str, float], counts: dict[str, int] | None = None) -> float:
+        cfg = model.config
+        weights = {"diagnosis": cfg.weight_diagnosis, "drug": cfg.weight_drug, "age": cfg.weight_age}
+        return sum(weights[f] * losses[f] for f in FAMILIES)
+
+
+class NextToken:
+    """Next-token prediction (the decoder): every token of a patient predicts the one after it."""
+
+    families = tuple(GEN_FAMILIES)  # the loss by the family of the token predicted
+
+    def __init__(self, model, config: PretrainConfig):
+        self.family = model.family
+
+    def prepare(self, full: dict[str, torch.Tensor], gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        return {"targets": next_targets(full["tokens"], full["segments"], self.family)}
+
+    def counts(self, extra: dict[str, torch.Tensor]) -> dict[str, int]:
+        t = extra["targets"]
+        fam = self.family[t.clamp(min=0)].masked_fill(t < 0, -1)
+        return {f: int((fam == i).sum()) for f, i in GEN_FAMILIES.items()}
+
+    def targets(self, counts: dict[str, int]) -> int:
+        return sum(counts.values())
+
+    def idle(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"targets": torch.full_like(batch["tokens"], -100)}
+
+    def per_target(self, model, batch, extra, device) -> dict[str, torch.Tensor]:
+        """The decoder's outputs at every target of the batch, with "family" (n,) the target's family id."""
+        out = model(batch["tokens"].to(device), batch["ages"].to(device), batch["segments"].to(device),
+                    targets=extra["targets"].to(device))  # fmt: skip
+        return out | {"family": self.family.to(device)[out["targets"]]}
+
+    def loss(self, model, batch, extra, totals, device):
+        """The micro-batch's share of the step loss: its summed cross-entropy over the step's targets."""
+        out = self.per_target(model, batch, extra, device)
+        ce, fam = out["ce"], out["family"]
+        shares = {f: ce[fam == i].sum() / max(totals[f], 1) for f, i in GEN_FAMILIES.items()}
+        return out["loss_sum"] / max(self.targets(totals), 1), shares
+
+    def outputs(self, model, batch, extra, device) -> dict[str, torch.Tensor]:
+        out = self.per_target(model, batch, extra, device)
+        ce, fam = out["ce"], out["family"]
+        out = {}
+        for f, i in GEN_FAMILIES.items():
+            rows = fam == i
+            out[f"n_{f}"] = rows.sum()
+            out[f"loss_{f}"] = ce[rows].sum() / rows.sum().clamp(min=1)
+        return out
+
+    def total(self, model, losses: dict[str, float], counts: dict[str, int] | None = None) -> float:
+        """The mean over every target: the families' losses weighted by their COUNTS."""
+        n = sum(counts.values()) if counts else 0
+        return sum(losses[f] * counts[f] for f in self.families) / n if n else float("nan")
+
+
+def next_targets(tokens: torch.Tensor, segments: torch.Tensor, family: torch.Tensor) -> torch.Tensor:
+    """(B, T) the next token of the same patient at each position, -100 where there is none (its last token,
+    padding) or it is a special token ([UNK]: the decoder never predicts what the vocabulary does not hold)."""
+    targets = torch.full_like(tokens, -100)
+    nxt = tokens[:, 1:]
+    same = (segments[:, 1:] == segments[:, :-1]) & (tokens[:, :-1] != PAD_ID) & (family[nxt] != SPECIAL)
+    targets[:, :-1] = torch.where(same, nxt, -100)
+    return targets
+
+
+def objective_for(model, config: PretrainConfig | None = None) -> Masked | NextToken:
+    """The objective MODEL trains on: next token for a ClaimsDecoder, masked codes for a ClaimsEncoder."""
+    config = PretrainConfig() if config is None else config
+    return NextToken(model, config) if isinstance(model, ClaimsDecoder) else Masked(model, config)
+
+
 @torch.no_grad()
 def evaluate(
-    model: ClaimsEncoder, batches: list[dict[str, torch.Tensor]], device, bf16: bool, per_batch: list | None = None
+    model, batches: list[dict[str, torch.Tensor]], device, bf16: bool, per_batch: list | None = None
 ) -> dict[str, float]:
-    """Validation loss per family (mean over all masked codes of the sample) and the weighted total.
-    PER_BATCH: a list that receives, per batch, {family: (loss sum, masked codes)} (for a bootstrap)."""
+    """Validation loss per family (mean over all the sample's targets: masked codes for the encoder, next tokens
+    for the decoder) and the total (the encoder's weighted sum; the decoder's mean over every target).
+    PER_BATCH: a list that receives, per batch, {family: (loss sum, targets)} (for a bootstrap)."""
     model.eval()
-    sums = dict.fromkeys(FAMILIES, 0.0)
-    counts = dict.fromkeys(FAMILIES, 0)
+    objective = objective_for(model)
+    sums = dict.fromkeys(objective.families, 0.0)
+    counts = dict.fromkeys(objective.families, 0)
     for b in batches:
         with autocast_for(device, bf16):
-            out = model(
-                b["corrupted"].to(device),
-                b["ages"].to(device),
-                b["visits"].to(device),
-                b["segments"].to(device),
-                mlm_positions=b["positions"].to(device),
-                targets=b["targets"].clamp(min=0).to(device),
-            )
-        this = {f: (float(out[f"loss_{f}"]) * int(out[f"n_{f}"]), int(out[f"n_{f}"])) for f in FAMILIES}
+            out = objective.outputs(model, b, b, device)
+        this = {f: (float(out[f"loss_{f}"]) * int(out[f"n_{f}"]), int(out[f"n_{f}"])) for f in objective.families}
         for f, (s, n) in this.items():
             sums[f] += s
             counts[f] += n
         if per_batch is not None:
             per_batch.append(this)
     model.train()
-    losses = {f: sums[f] / max(counts[f], 1) for f in FAMILIES}
-    cfg = model.config
-    losses["total"] = (
-        cfg.weight_diagnosis * losses["diagnosis"] + cfg.weight_drug * losses["drug"] + cfg.weight_age * losses["age"]
-    )
+    losses = {f: sums[f] / max(counts[f], 1) for f in objective.families}
+    losses["total"] = objective.total(model, losses, counts)
     return losses
 
 
 def score_on_sample(
-    model: ClaimsEncoder, store: tok.TokenStore, ids, eval_tokens: int, seed: int = 0, per_batch: list | None = None
+    model, store: tok.TokenStore, ids, eval_tokens: int, seed: int = 0, per_batch: list | None = None
 ) -> dict[str, float]:
     """MODEL's validation losses on a fixed sample of the patients IDS (SEED: which patients, up to EVAL_TOKENS
     real tokens, and which of their codes are masked): the same sample for every model scored with the same
-    arguments, so differences between models are the models'. PER_BATCH: as in `evaluate`."""
+    arguments, so differences between models are the models'. PER_BATCH: as in `evaluate`. A decoder is
+    scored on the same patients' timelines."""
     sample = PretrainConfig(seed=seed, eval_tokens=eval_tokens)
-    batches = validation_batches(store, _store_indices(store, ids), model, model.config.max_len, sample)
+    source = Timeline(store) if isinstance(model, ClaimsDecoder) else store
+    batches = validation_batches(source, store_indices(store, ids), model, model.config.max_len, sample)
     return evaluate(model, batches, "cpu", False, per_batch=per_batch)
 
 
 def validation_batches(
-    store: tok.TokenStore, indices: np.ndarray, model: ClaimsEncoder, row_len: int, config: PretrainConfig
+    source, indices: np.ndarray, model, row_len: int, config: PretrainConfig
 ) -> list[dict[str, torch.Tensor]]:
-    """A fixed validation sample: seeded patients up to eval_tokens real tokens, packed, masked once."""
-    stream = PackedRows(store, indices, row_len, config.seed, config.width_step)
+    """A fixed validation sample: seeded patients up to eval_tokens real tokens, packed, masked once (the
+    encoder) or with their next-token targets (the decoder). SOURCE: the token store, or its Timeline."""
+    stream = PackedRows(source, indices, row_len, config.seed, config.width_step)
     order = epoch_order(len(indices), config.seed, -1 % 2**32)
     take = np.cumsum(stream.lengths[order]) <= config.eval_tokens
     take[0] = True
     rows = pack_rows(stream.lengths, order[take], row_len, config.width_step)
     gen = step_generator(config.seed, -1 % 2**32)
+    objective = objective_for(model, config)
     batches = []
     for width, members in stream.groups(rows):
         micro_rows = max(1, config.micro_tokens // width)
         for i in range(0, len(members), micro_rows):
             b = stream.tensors([rows[m] for m in members[i : i + micro_rows]], width)
-            b["corrupted"], b["positions"], b["targets"] = masking(b["tokens"], model.family, config.mask_rate, gen)
-            batches.append(b)
+            batches.append(b | objective.prepare(b, gen))
     return batches
 
 
@@ -253,7 +364,7 @@ def _setup_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
     return rank, world, torch.device("cpu"), started
 
 
-def _store_indices(store: tok.TokenStore, ids) -> np.ndarray:
+def store_indices(store: tok.TokenStore, ids) -> np.ndarray:
     ids = np.asarray(ids, dtype=np.int64)
     idx = np.searchsorted(store.subjects, ids)
     ok = idx < store.subjects.size
@@ -280,61 +391,64 @@ def _split_even(n: int, parts: int) -> list[range]:
     return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def train_step(run: Run, model: ClaimsEncoder, ddp, stream: PackedRows, rows: list[list[int]], state: RunState):
+def train_step(run: Run, model, ddp, stream: PackedRows, rows: list[list[int]], state: RunState):
     """One optimizer step's forward/backward over this rank's micro-batches (gradients accumulated, no
     optimizer step); counts tokens into STATE.counters and returns the step's losses."""
     config, world, rank, counters = run.config, run.world, run.rank, state.counters
     base = ddp if ddp is not None else model
+    objective = objective_for(model, config)
     # The step's rows by width, each group masked in turn from one generator: every rank draws the same masks.
     gen = step_generator(config.seed, state.step)
     groups = []
     for width, members in stream.groups(rows):
         full = stream.tensors([rows[i] for i in members], width)
-        groups.append((width, members, full, *masking(full["tokens"], model.family, config.mask_rate, gen)))
-    totals = dict.fromkeys(FAMILIES, 0)
-    for *_, positions, targets in groups:
-        for f, n in family_counts(model.family, targets.clamp(min=0), positions).items():
+        groups.append((width, members, full, objective.prepare(full, gen)))
+    totals = dict.fromkeys(objective.families, 0)
+    for *_, extra in groups:
+        for f, n in objective.counts(extra).items():
             totals[f] += n
     # Each rank takes its shard of every group, in micro-batches of micro_tokens // width rows; every rank
     # runs the same number of micro-batches (an idle slot is one padding row) so DDP's collectives line up.
     plan = []
-    for width, members, full, corrupted, positions, targets in groups:
+    for width, members, full, extra in groups:
         shards = _split_even(len(members), world)
         micro_rows = max(1, config.micro_tokens // width)
         n_micro = max(1, math.ceil(max(len(s) for s in shards) / micro_rows))
         mine = shards[rank]
         for part in _split_even(len(mine), n_micro):
-            plan.append((width, full, corrupted, positions, targets, [mine.start + i for i in part]))
+            plan.append((width, full, extra, [mine.start + i for i in part]))
             for i in part:
                 real = int(stream.lengths[rows[members[mine.start + i]]].sum())
                 counters["pad"] += width - real
                 counters["processed"] += width
-    logged = torch.zeros(len(FAMILIES) + 1, dtype=torch.float64)
-    for k, (width, full, corrupted, positions, targets, part) in enumerate(plan):
+    families = objective.families
+    logged = torch.zeros(len(families) + 1, dtype=torch.float64)
+    for k, (width, full, extra, part) in enumerate(plan):
         if not part:  # an idle slot
             batch = {key: torch.zeros((1, width), dtype=v.dtype) for key, v in full.items()}
-            c, p, t = batch["tokens"], torch.zeros((1, width), dtype=torch.bool), batch["tokens"]
+            sel_extra = objective.idle(batch)
             counters["pad"] += width
             counters["processed"] += width
         else:
             sel = torch.tensor(part, dtype=torch.long)
             batch = {key: v[sel] for key, v in full.items()}
-            c, p, t = corrupted[sel], positions[sel], targets[sel]
+            sel_extra = {key: v[sel] for key, v in extra.items()}
         sync = k == len(plan) - 1 or ddp is None
         with nullcontext() if sync else ddp.no_sync():  # only the last micro-batch all-reduces gradients
             with autocast_for(run.device, config.bf16):
-                loss, shares = masked_step_losses(base, batch, c, p, t, totals, run.device)
+                loss, shares = objective.loss(base, batch, sel_extra, totals, run.device)
             (loss * world).backward()  # x world: DDP averages over ranks, the step loss is a global mean
         logged += torch.tensor(
-            [float(loss.detach())] + [float(shares[f].detach()) for f in FAMILIES], dtype=torch.float64
+            [float(loss.detach())] + [float(shares[f].detach()) for f in families], dtype=torch.float64
         )
     if world > 1:
         dist.all_reduce(logged)
     counters["tokens"] += int(sum(int(stream.lengths[row].sum()) for row in rows))
-    counters["masked"] = counters.get("masked", 0) + totals["age"]  # every masked position of the step
+    # Positions the output heads run at: every masked position (encoder), every next-token target (decoder).
+    counters["masked"] = counters.get("masked", 0) + objective.targets(totals)
     # Keys the model may attend to, summed over tokens: each patient's length squared (model FLOPs' context).
     counters["context"] = counters.get("context", 0) + int(sum(int((stream.lengths[row] ** 2).sum()) for row in rows))
-    return {"train_loss": float(logged[0])} | {f"train_loss_{f}": float(logged[i + 1]) for i, f in enumerate(FAMILIES)}
+    return {"train_loss": float(logged[0])} | {f"train_loss_{f}": float(logged[i + 1]) for i, f in enumerate(families)}
 
 
 def pretrain(
@@ -384,11 +498,13 @@ def _resume(run: Run, model: ClaimsEncoder, optimizer) -> RunState:
 def _pretrain(run: Run, store_dir, pretrain_ids, val_ids, *, resume: bool, progress: bool, stop_after) -> dict:
     config = run.config
     store = tok.TokenStore(store_dir)
-    family = torch.as_tensor(store.vocab.family_ids, dtype=torch.long)
+    source = Timeline(store) if config.objective == "next" else store  # the decoder reads timelines
+    family = torch.as_tensor(source.family_ids if config.objective == "next" else store.vocab.family_ids,
+                             dtype=torch.long)  # fmt: skip
     if run.model_config.vocab_size != len(family):
         raise ValueError(f"model vocab_size {run.model_config.vocab_size} != {len(family)} tokens in {store_dir}")
-    train_idx = _store_indices(store, pretrain_ids)
-    val_idx = _store_indices(store, val_ids) if val_ids is not None and len(val_ids) else None
+    train_idx = store_indices(store, pretrain_ids)
+    val_idx = store_indices(store, val_ids) if val_ids is not None and len(val_ids) else None
     if val_idx is not None and np.intersect1d(train_idx, val_idx).size:
         raise ValueError("validation patients overlap the pretraining patients")
     # Counted, not dropped: the model ignores unknown (NaN) ages.
@@ -398,10 +514,10 @@ def _pretrain(run: Run, store_dir, pretrain_ids, val_ids, *, resume: bool, progr
     )
     row_len = run.model_config.max_len
     torch.manual_seed(config.seed)
-    model = ClaimsEncoder(run.model_config, family).to(run.device)
+    model = MODELS[config.objective](run.model_config, family).to(run.device)
     optimizer = make_optimizer(model, config)
-    stream = PackedRows(store, train_idx, row_len, config.seed, config.width_step)
-    val_batches = validation_batches(store, val_idx, model, row_len, config) if val_idx is not None else []
+    stream = PackedRows(source, train_idx, row_len, config.seed, config.width_step)
+    val_batches = validation_batches(source, val_idx, model, row_len, config) if val_idx is not None else []
     state = _resume(run, model, optimizer) if resume else RunState()
     ddp = None
     if run.world > 1:
@@ -495,7 +611,10 @@ def _metrics(run: Run, model: ClaimsEncoder, state: RunState) -> dict[str, Any]:
         "tokens_per_step": run.config.tokens_per_step,
         "world_size": run.world,
         "final_train_loss": state.history[-1]["train_loss"] if state.history else None,
-        "final_val_loss": {f: last_val.get(f"val_loss_{f}") for f in (*FAMILIES, "total")},
+        "objective": run.config.objective,
+        "final_val_loss": {
+            f: last_val.get(f"val_loss_{f}") for f in (*objective_for(model, run.config).families, "total")
+        },  # fmt: skip
     }
 
 
@@ -508,20 +627,21 @@ def model_flops_per_token(model: ClaimsEncoder, counters: dict[str, int]) -> flo
 
 def _write_outputs(run: Run, model: ClaimsEncoder, history: list[dict], metrics: dict) -> None:
     model_obj = {"model": model.state_dict(), "model_config": asdict(run.model_config),
-                 "pretrain_config": result_config(run.config)}  # fmt: skip
+                 "pretrain_config": result_config(run.config), "objective": run.config.objective}  # fmt: skip
     _save_atomic(model_obj, run.out_dir / "model.pt")
     (run.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    columns = ["step", "lr", "train_loss"] + [f"val_loss_{f}" for f in (*FAMILIES, "total")]
+    families = objective_for(model, run.config).families
+    columns = ["step", "lr", "train_loss"] + [f"val_loss_{f}" for f in (*families, "total")]
     with open(run.out_dir / "loss_curve.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(history)
 
 
-def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> ClaimsEncoder:
-    """The ClaimsEncoder saved as model.pt by `pretrain`."""
+def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> ClaimsEncoder | ClaimsDecoder:
+    """The model saved as model.pt by `pretrain`: a ClaimsEncoder, or a ClaimsDecoder (objective "next")."""
     obj = torch.load(path, map_location=map_location, weights_only=False)
     state = obj["model"]
-    model = ClaimsEncoder(ModelConfig(**obj["model_config"]), state["family"].cpu())
+    model = MODELS[obj.get("objective", "masked")](ModelConfig(**obj["model_config"]), state["family"].cpu())
     model.load_state_dict(state)
     return model
