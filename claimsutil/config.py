@@ -417,6 +417,28 @@ class LawsConfig:
 
 
 @dataclass(frozen=True)
+class ZeroShotConfig:
+    """Zero-shot prediction by the generative model (claimsutil.generate): futures sampled per patient."""
+
+    seed: int = 41  # the draws of every future (fixed per patient, prediction time and future)
+    futures: int = 16  # futures per patient; the n curve reads the first 1, 4, 16, ... of them
+    max_new: int = 64  # token cap of a future (the prompt keeps the most recent max_len - max_new tokens)
+    temperature: float = 1.0
+    positives: int = 0  # per task, evaluation-sample positives simulated (seeded, reweighted); 0: all
+    negatives: int = 0  # the same for negatives; 0: all
+    batch_futures: int = 512  # futures per sampling batch (batches are fixed by the data, whatever the workers)
+    workers: int = execution(2)  # processes sampling batches in parallel (never changes the futures)
+    device: Literal["auto", "cuda", "cpu"] = execution("auto")
+    num_threads: int = 1  # torch threads per process
+
+    def __post_init__(self) -> None:
+        for key in ("futures", "max_new", "batch_futures", "workers", "num_threads"):
+            _require(self, getattr(self, key) >= 1, key, "must be >= 1")
+        _require(self, self.temperature > 0, "temperature", "must be > 0")
+        _require(self, self.positives >= 0 and self.negatives >= 0, "positives", "must be >= 0 (0: all)")
+
+
+@dataclass(frozen=True)
 class EvaluationParams:
     """How every stage scores a model: the same resamples of the same patients, so one model, task and budget
     gets one number (and one interval) wherever it is reported."""
@@ -441,6 +463,7 @@ SECTIONS: dict[str, type] = {
     "baseline": BaselineConfig,
     "finetune": FinetuneConfig,
     "laws": LawsConfig,
+    "zeroshot": ZeroShotConfig,
     "evaluation": EvaluationParams,
 }
 TOP_LEVEL = ("profile", *SECTIONS, "scales", "generative", "tasks")
@@ -462,6 +485,7 @@ class StudyParams:
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     laws: LawsConfig = field(default_factory=LawsConfig)
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
     evaluation: EvaluationParams = field(default_factory=EvaluationParams)
 
     def task(self, name: str) -> TaskSpec:

@@ -542,65 +542,98 @@ class ClaimsDecoder(nn.Module):
         ages: torch.Tensor,
         uniforms: torch.Tensor,
         temperature: float = 1.0,
-        stop=None,
+        advance: torch.Tensor | None = None,
+        limit: torch.Tensor | None = None,
         return_logits: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """Sample up to uniforms.size(1) new tokens after each row of PROMPT ((B, T0) one patient per row, left-
-        padded with PAD_ID), with a KV cache. AGES (B,): each patient's age at its first token, in days.
+        """Sample futures after each row of PROMPT ((P, T0) one patient per row, left-padded with PAD_ID), with a
+        KV cache. AGES (P,): each patient's age at its first token, in days.
 
-        UNIFORMS (B, n_new) in [0, 1): the draws, one per row and step (inverse-CDF sampling), so a row's
-        future depends only on its own draws, not on the batch it is sampled in. Special tokens are never
-        sampled. STOP(new (B,), step) -> (B,) bool marks rows whose future is complete after this token; their
-        later tokens are PAD_ID and the loop ends when every row is done. Returns {"tokens": (B, n_new)} and,
-        with RETURN_LOGITS, "logits" (B, n_new, V), each step's logits before sampling."""
+        UNIFORMS (P * n, n_new) in [0, 1): n futures per prompt (rows p * n ... p * n + n - 1 continue prompt p,
+        whose keys and values are computed once and shared), one draw per future and step (inverse-CDF
+        sampling), so a future depends only on its own prompt and draws, never on the batch it is sampled in.
+        Special tokens are never sampled.
+
+        The horizon: ADVANCE (V,) days each token moves time on (the time tokens; 0 for codes) and LIMIT (P * n,)
+        days per future. A future is complete with the token that takes its elapsed time to LIMIT or beyond;
+        what follows is PAD_ID, finished futures leave the batch, and the loop ends when every future is
+        complete or after n_new tokens. Returns {"tokens": (P * n, n_new), "elapsed": (P * n,) days at the end}
+        and, with RETURN_LOGITS, "logits" (P * n, n_new, V), each step's logits before sampling (0 once done)."""
         self.eval()
-        B, T0 = prompt.shape
-        n_new = uniforms.size(1)
+        P, T0 = prompt.shape
+        B, n_new = uniforms.shape
+        assert B % P == 0, f"uniforms has {B} rows, not a multiple of the {P} prompts"
+        n = B // P
         total = T0 + n_new
         cfg, dev = self.config, prompt.device
         longest = int((prompt != PAD_ID).sum(1).max())
         assert longest + n_new <= cfg.max_len, f"a prompt of {longest} plus {n_new} new tokens > max_len={cfg.max_len}"
-        shape = (B, cfg.n_head, total, cfg.n_embd // cfg.n_head)
-        buffers = [(torch.zeros(shape, device=dev), torch.zeros(shape, device=dev)) for _ in self.h]
-        valid = torch.zeros(B, total, dtype=torch.bool, device=dev)
+        valid = torch.zeros(P, total, dtype=torch.bool, device=dev)
         valid[:, :T0] = prompt != PAD_ID
-        pos = (valid[:, :T0].long().cumsum(1) - 1).clamp(min=0)  # (B, T0) positions from each row's first token
-        row_ages = ages.float().unsqueeze(1)  # (B, 1)
+        pos = (valid[:, :T0].long().cumsum(1) - 1).clamp(min=0)  # (P, T0) positions from each row's first token
+        row_ages = ages.float().unsqueeze(1)  # (P, 1)
         banned = torch.zeros(cfg.vocab_size, device=dev).masked_fill((self.family == SPECIAL).to(dev), -math.inf)
-        out_tokens = torch.full((B, n_new), PAD_ID, dtype=torch.long, device=dev)
-        out_logits = [] if return_logits else None
-        done = torch.zeros(B, dtype=torch.bool, device=dev)
-        # The prompt in one pass: causal within it, padding keys masked (every query sees itself).
+        # The prompts in one pass: causal within each, padding keys masked (every query sees itself).
+        shape = (P, cfg.n_head, total, cfg.n_embd // cfg.n_head)
+        buffers = [(torch.zeros(shape, device=dev), torch.zeros(shape, device=dev)) for _ in self.h]
         causal = torch.ones(T0, T0, dtype=torch.bool, device=dev).tril()
         eye = torch.eye(T0, dtype=torch.bool, device=dev)
-        mask = ((valid[:, None, :T0] & causal) | eye).unsqueeze(1)  # (B, 1, T0, T0)
-        x = self._embed(prompt, row_ages.expand(B, T0), pos)
+        mask = ((valid[:, None, :T0] & causal) | eye).unsqueeze(1)  # (P, 1, T0, T0)
+        x = self._embed(prompt, row_ages.expand(P, T0), pos)
         for block, (k, v) in zip(self.h, buffers, strict=True):
             x = block(x, mask, (k, v, 0))
-        last = self.lm_head(self.ln_f(x[:, -1])).float()  # (B, V)
-        next_pos = pos[:, -1] + 1  # (B,)
+        last = self.lm_head(self.ln_f(x[:, -1])).float()  # (P, V)
+        # n futures per prompt: the prompt's cache, ages, positions and last logits repeated.
+        if n > 1:
+            buffers = [(k.repeat_interleave(n, 0), v.repeat_interleave(n, 0)) for k, v in buffers]
+            valid, row_ages, last = (
+                valid.repeat_interleave(n, 0),
+                row_ages.repeat_interleave(n, 0),
+                last.repeat_interleave(n, 0),
+            )
+        next_pos = pos[:, -1].repeat_interleave(n) + 1  # (B,)
+        rows = torch.arange(B, device=dev)  # the futures still running, by their row in the output
+        out_tokens = torch.full((B, n_new), PAD_ID, dtype=torch.long, device=dev)
+        out_logits = torch.zeros(B, n_new, cfg.vocab_size, device=dev) if return_logits else None
+        elapsed = torch.zeros(B, dtype=torch.float64, device=dev)
+        if advance is not None:
+            advance = advance.to(device=dev, dtype=torch.float64)
+            limit = limit.to(device=dev, dtype=torch.float64)
+        u_all = uniforms.to(device=dev)
+        alive = torch.ones(B, dtype=torch.bool, device=dev)  # per row of the batch: its future is not complete
         for step in range(n_new):
             if return_logits:
-                out_logits.append(last)
-            z = last / temperature + banned  # (B, V); banned: -inf on the special tokens
-            cdf = (z - z.max(dim=-1, keepdim=True).values).exp_().cumsum(-1)  # (B, V) unnormalised CDF
-            u = uniforms[:, step : step + 1].to(cdf.dtype) * cdf[:, -1:]  # (B, 1)
-            new = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cfg.vocab_size - 1)  # (B,)
-            new = torch.where(done, PAD_ID, new)
-            out_tokens[:, step] = new
-            if stop is not None:
-                done = done | stop(new, step)
-            if bool(done.all()) or step == n_new - 1:
+                out_logits[rows, step] = last * alive.unsqueeze(1)
+            z = last / temperature + banned  # (b, V); banned: -inf on the special tokens
+            cdf = (z - z.max(dim=-1, keepdim=True).values).exp_().cumsum(-1)  # (b, V) unnormalised CDF
+            u = u_all[rows, step : step + 1].to(cdf.dtype) * cdf[:, -1:]  # (b, 1)
+            new = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cfg.vocab_size - 1)  # (b,)
+            out_tokens[rows, step] = torch.where(alive, new, PAD_ID)
+            if advance is not None:
+                elapsed[rows] += torch.where(alive, advance[new], 0.0)
+                alive = alive & (elapsed[rows] < limit[rows])
+            if step == n_new - 1 or not bool(alive.any()):
                 break
+            # Complete futures leave the batch once they are half of it (copying the cache costs steps).
+            if int((~alive).sum()) * 2 >= alive.numel():
+                keep = alive.nonzero().squeeze(1)
+                rows, new, next_pos, row_ages, valid = (
+                    rows[keep],
+                    new[keep],
+                    next_pos[keep],
+                    row_ages[keep],
+                    valid[keep],
+                )
+                buffers, alive = [(k[keep], v[keep]) for k, v in buffers], alive[keep]
             at = T0 + step
-            valid[:, at] = new != PAD_ID  # rows done before this step sampled nothing
-            mask = valid[:, None, None, : at + 1]  # (B, 1, 1, at + 1)
+            valid[:, at] = True
+            mask = valid[:, None, None, : at + 1]  # (b, 1, 1, at + 1)
             x = self._embed(new.unsqueeze(1), row_ages, next_pos.unsqueeze(1))
             for block, (k, v) in zip(self.h, buffers, strict=True):
                 x = block(x, mask, (k, v, at))
             last = self.lm_head(self.ln_f(x[:, -1])).float()
             next_pos = next_pos + 1
-        result = {"tokens": out_tokens}
+        result = {"tokens": out_tokens, "elapsed": elapsed}
         if return_logits:
-            result["logits"] = torch.stack(out_logits, dim=1)
+            result["logits"] = out_logits
         return result

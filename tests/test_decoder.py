@@ -101,25 +101,44 @@ def test_same_draws_same_future_whatever_the_batch():
     assert (make_family()[both] != SPECIAL).all()  # never a special token
 
 
-def test_a_future_stops_where_it_is_told_and_pads_after():
-    """STOP ends each row's future after the token that completes it (e.g. the time token that crosses the
-    horizon); nothing follows it but padding, and the loop ends when every row is done."""
+def test_a_future_ends_at_its_horizon_and_pads_after():
+    """With ADVANCE (days per token: the time tokens) and LIMIT, a future ends with the token that reaches its
+    limit; it is the same future as without a horizon up to there, nothing but padding follows, and no token
+    before the last one has reached the limit: a future never crosses its horizon."""
     model = decoder()
-    prompts = left_padded([codes(6, 13), codes(9, 14)])
-    uniforms = torch.rand(2, 30, generator=torch.Generator().manual_seed(15))
-    free = model.generate(prompts, torch.tensor([20000.0, 25000.0]), uniforms)["tokens"]
-    at = {0: 3, 1: 7}
-    calls = []
+    prompts = left_padded([codes(6, 13), codes(9, 14), codes(4, 15)])
+    ages = torch.tensor([20000.0, 25000.0, 9000.0])
+    uniforms = torch.rand(3, 40, generator=torch.Generator().manual_seed(15))
+    advance = torch.zeros(V, dtype=torch.float64)
+    advance[114:] = torch.tensor([1.0, 7.0, 30.0, 90.0, 180.0, 365.0], dtype=torch.float64)  # "time" tokens
+    limit = torch.tensor([2.0, 8.0, 1e9])
+    free = model.generate(prompts, ages, uniforms)["tokens"]
+    out = model.generate(prompts, ages, uniforms, advance=advance, limit=limit)
+    ended = []
+    for r in range(3):
+        days = advance[out["tokens"][r]].cumsum(0)
+        real = out["tokens"][r] != PAD_ID
+        end = int(real.sum())
+        assert torch.equal(out["tokens"][r, :end], free[r, :end]) and not real[end:].any()
+        assert out["elapsed"][r] == days[end - 1]
+        if end < 40:  # ended by its horizon: the last token reached it, none before
+            assert days[end - 1] >= limit[r] and (end == 1 or days[end - 2] < limit[r])
+        else:  # the token cap came first
+            assert days[-2] < limit[r]
+        ended.append(end < 40)
+    assert ended == [True, True, False]  # the third has no horizon in sight
 
-    def stop(new: torch.Tensor, step: int) -> torch.Tensor:
-        calls.append(step)
-        return torch.tensor([step >= at[0], step >= at[1]])
 
-    out = model.generate(prompts, torch.tensor([20000.0, 25000.0]), uniforms, stop=stop)["tokens"]
-    for r, s in at.items():
-        assert torch.equal(out[r, : s + 1], free[r, : s + 1])  # the same future up to the stop
-        assert (out[r, s + 1 :] == PAD_ID).all()
-    assert max(calls) == at[1]  # no step after every row was done
+def test_futures_share_their_prompt():
+    """n futures of one prompt (its cache computed once) are the futures of n copies of the prompt."""
+    model = decoder()
+    prompts = left_padded([codes(6, 21), codes(11, 22)])
+    ages = torch.tensor([15000.0, 30000.0])
+    uniforms = torch.rand(6, 12, generator=torch.Generator().manual_seed(23))
+    shared = model.generate(prompts, ages, uniforms, return_logits=True)
+    copies = model.generate(prompts.repeat_interleave(3, 0), ages.repeat_interleave(3), uniforms, return_logits=True)
+    assert torch.equal(shared["tokens"], copies["tokens"])
+    torch.testing.assert_close(shared["logits"], copies["logits"], rtol=1e-5, atol=1e-5)
 
 
 def test_blockwise_linear_cross_entropy_equals_the_full_logits():

@@ -260,3 +260,17 @@ def test_token_rule_gives_each_scale_tokens_by_its_size_within_floor_and_cap():
         build_section(PretrainConfig, "pretrain", {"max_steps": -1})
     with pytest.raises(ParamsError, match="max_tokens = 5 must be >= min_tokens"):
         build_section(PretrainConfig, "pretrain", {"max_steps": 0, "max_tokens": 5})
+
+
+def test_forked_processes_are_torchrun_bit_for_bit(store, tmp_path):
+    """On CPU the notebook forks its DDP processes instead of starting torchrun (no second Python and torch
+    import per process); the computation is the same, so the weights are the same to the bit."""
+    c = replace(CONFIG, max_steps=3, warmup_steps=1, eval_every=2, processes=2, objective="next", seed=5)
+    model = store["model_next"]
+    forked = tr.run_pretraining(store["dir"], store["splits"], tmp_path / "forked", "xs", model, c, progress=False)
+    launched = tr.pretrain_processes(store["dir"], store["splits"], tmp_path / "torchrun", "xs", ROW_LEN, c)
+    assert forked["world_size"] == launched["world_size"] == 2
+    assert forked["final_val_loss"] == launched["final_val_loss"]
+    a = torch.load(tmp_path / "forked" / "model.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "torchrun" / "model.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
