@@ -43,6 +43,15 @@ from claimsutil.timeline import TIME_FAMILY, Timeline
 
 __all__ = [
     "Futures",
+    "code_frequencies",
+    "death_times",
+    "futures_curve",
+    "impossible_events",
+    "incidence_by_age",
+    "launch_dates",
+    "real_futures",
+    "simulate_tasks",
+    "stage_metrics",
     "outcome_mask",
     "prefix_mask",
     "simulate",
@@ -115,6 +124,12 @@ class Futures:
         """(rows,) the share of the first N futures (default all) holding a MASK token before the horizon."""
         return self.outcome_hits(mask)[:, : n or self.n].mean(axis=1)
 
+    def subset(self, rows: np.ndarray) -> Futures:
+        """The futures of ROWS (a bool mask or indices of the sample's rows)."""
+        rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
+        return Futures(self.sample[rows], self.tokens[rows], self.start[rows], self.offset[rows], self.limit[rows],
+                       self.age_days[rows], self.female[rows], self.advance, self.seconds)  # fmt: skip
+
     def generated_tokens(self) -> int:
         return int((self.tokens != PAD_ID).sum())
 
@@ -163,10 +178,11 @@ def _sample_batch(job: tuple) -> np.ndarray:
     return out["tokens"].numpy().astype(np.int32)
 
 
-def simulate(model_path: str | Path, timeline: Timeline, sample: pl.DataFrame, horizon_days: int,
+def simulate(model_path: str | Path, timeline: Timeline, sample: pl.DataFrame, horizon_days,
              config: ZeroShotConfig, progress: bool = False) -> Futures:  # fmt: skip
     """`config.futures` futures of every row of SAMPLE (subject_id, prediction_time, ...) by the decoder at
-    MODEL_PATH; see the module docstring."""
+    MODEL_PATH, each until HORIZON_DAYS (one number, or one per row) after its prediction time; see the module
+    docstring."""
     from tqdm import tqdm
 
     store = timeline.store
@@ -192,7 +208,7 @@ def simulate(model_path: str | Path, timeline: Timeline, sample: pl.DataFrame, h
         female.append(bool((seq == female_id).any()))
         age_now[r] = _age_at(timeline, i, t)
     offset = (times - start) / tok.US_PER_DAY
-    limit = offset + horizon_days
+    limit = offset + np.broadcast_to(np.asarray(horizon_days, dtype=np.float64), offset.shape)
     advance = timeline.advance_days()
     per_batch = max(1, config.batch_futures // config.futures)
     uniforms = _draws(config.seed, sids, times, config.futures, config.max_new)
@@ -236,10 +252,6 @@ def _age_at(timeline: Timeline, i: int, t: int) -> float:
     return float(ages[k] + (t - times[k]) / tok.US_PER_DAY)
 
 
-def is_time(timeline: Timeline) -> np.ndarray:
-    return timeline.family_ids == TIME_FAMILY
-
-
 # ---------------------------------------------------------------------------------------- plausibility
 
 # Codes no woman can have: prostate cancer, its in-situ and benign neoplasms, hyperplasia, inflammation and other
@@ -248,8 +260,8 @@ PROSTATE = ("ICD10/C61", "ICD10/D07.5", "ICD10/D29.1", "ICD10/D40.0", "ICD10/N40
             "ICD10/R97.2")  # fmt: skip
 
 
-def real_futures(timeline: Timeline, futures: Futures) -> list[np.ndarray]:
-    """Per row, the ids of the patient's real records (codes, no time tokens) in [prediction time, + horizon)."""
+def real_futures(timeline: Timeline, futures: Futures) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per row, the ids and microseconds of the patient's real records in [prediction time, + horizon)."""
     store = timeline.store
     sids = futures.sample["subject_id"].cast(pl.Int64).to_numpy()
     times = futures.sample["prediction_time"].cast(pl.Datetime("us")).dt.epoch("us").to_numpy()
@@ -260,7 +272,7 @@ def real_futures(timeline: Timeline, futures: Futures) -> list[np.ndarray]:
         a, b = int(store.offsets[i]), int(store.offsets[i + 1])
         stamps = np.asarray(store.times_us[a:b])
         lo, hi = np.searchsorted(stamps, t, side="left"), np.searchsorted(stamps, t + h, side="left")
-        out.append(np.asarray(store.tokens[a + lo : a + hi]).astype(np.int64))
+        out.append((np.asarray(store.tokens[a + lo : a + hi]).astype(np.int64), stamps[lo:hi]))
     return out
 
 
@@ -269,7 +281,7 @@ def _codes(timeline: Timeline) -> np.ndarray:
     return (timeline.family_ids != tok.FAMILIES.index("special")) & (timeline.family_ids != TIME_FAMILY)
 
 
-def code_frequencies(timeline: Timeline, futures: Futures, real: list[np.ndarray]) -> tuple[pl.DataFrame, float]:
+def code_frequencies(timeline: Timeline, futures: Futures, real: list) -> tuple[pl.DataFrame, float | None]:
     """Records per 1,000 patients in the horizon of every code, real against generated (the mean over a
     patient's futures), weighted by the sample's weights; and the RMSLE of log(1 + frequency) over the codes
     either side holds."""
@@ -279,7 +291,7 @@ def code_frequencies(timeline: Timeline, futures: Futures, real: list[np.ndarray
     for r in range(futures.tokens.shape[0]):
         gen += w[r] * np.bincount(futures.tokens[r][keep[r]], minlength=V) / futures.n
     obs = np.zeros(V)
-    for r, ids in enumerate(real):
+    for r, (ids, _) in enumerate(real):
         obs += w[r] * np.bincount(ids, minlength=V)
     codes = _codes(timeline) & ((gen > 0) | (obs > 0))
     gen, obs = gen / w.sum() * 1000, obs / w.sum() * 1000
@@ -290,7 +302,7 @@ def code_frequencies(timeline: Timeline, futures: Futures, real: list[np.ndarray
     return table, rmsle
 
 
-def incidence_by_age(futures: Futures, real: list[np.ndarray], masks: dict[str, np.ndarray], age_bands,
+def incidence_by_age(futures: Futures, real: list, masks: dict[str, np.ndarray], age_bands,
                      min_cell: int) -> pl.DataFrame:  # fmt: skip
     """Per outcome and age band (lower edges in years): the weighted share of patients with a record of the
     outcome within the horizon, real against generated (each patient's share of futures), and the band's
@@ -301,7 +313,7 @@ def incidence_by_age(futures: Futures, real: list[np.ndarray], masks: dict[str, 
     rows = []
     for name, mask in masks.items():
         generated = futures.outcome_share(mask)
-        observed = np.array([bool(mask[ids].any()) for ids in real])
+        observed = np.array([bool(mask[ids].any()) for ids, _ in real])
         for lo, hi in zip(edges[:-1], edges[1:], strict=True):
             band = (years >= lo) & (years < hi)
             n = int(band.sum())
@@ -340,7 +352,7 @@ def launch_dates(timeline: Timeline) -> dict[int, int]:
     return out
 
 
-def impossible_events(timeline: Timeline, futures: Futures, real: list[np.ndarray], deaths: dict[int, int],
+def impossible_events(timeline: Timeline, futures: Futures, real: list, deaths: dict[int, int],
                       launches: dict[int, int]) -> pl.DataFrame:  # fmt: skip
     """Generated records that cannot happen, against the real futures: prostate codes in women, a drug dated
     before its launch, a record dated after the patient's death. Per kind: the records at risk (generated:
@@ -354,8 +366,13 @@ def impossible_events(timeline: Timeline, futures: Futures, real: list[np.ndarra
     for i, when in launches.items():
         launch[i] = when
     women = futures.female
-    died = np.array([deaths.get(s, np.iinfo(np.int64).max) for s in sids], dtype=np.int64)
-    real_keep = [ids[_codes(timeline)[ids]] for ids in real]
+    # Records of the day of death are possible (the data keep them); from the next day on they are not.
+    never = np.iinfo(np.int64).max
+    died = np.array([(deaths[s] // tok.US_PER_DAY + 1) * tok.US_PER_DAY if s in deaths else never for s in sids],
+                    dtype=np.int64)  # fmt: skip
+    codes = _codes(timeline)
+    real_ids = [ids[codes[ids]] for ids, _ in real]
+    real_at = [at[codes[ids]] for ids, at in real]
     rows = []
 
     def add(kind: str, at_risk: int, bad: int, real_risk: int, real_bad: int) -> None:
@@ -364,18 +381,114 @@ def impossible_events(timeline: Timeline, futures: Futures, real: list[np.ndarra
                      "real_impossible": real_bad})  # fmt: skip
 
     add("prostate code in a woman", int(keep[women].sum()), int((keep & prostate[futures.tokens])[women].sum()),
-        sum(ids.size for ids, f in zip(real_keep, women, strict=True) if f),
-        sum(int(prostate[ids].sum()) for ids, f in zip(real_keep, women, strict=True) if f))  # fmt: skip
+        sum(ids.size for ids, f in zip(real_ids, women, strict=True) if f),
+        sum(int(prostate[ids].sum()) for ids, f in zip(real_ids, women, strict=True) if f))  # fmt: skip
     is_drug = keep & (launch[futures.tokens] > np.iinfo(np.int64).min)
+    real_drug = [launch[ids] > np.iinfo(np.int64).min for ids in real_ids]
     add(
-        "drug before its launch", int(is_drug.sum()), int((is_drug & (dates < launch[futures.tokens])).sum()), 0, 0
-    )  # real records are never dated before launch in the built-in world; see the table's note
+        "drug before its launch",
+        int(is_drug.sum()),
+        int((is_drug & (dates < launch[futures.tokens])).sum()),
+        sum(int(d.sum()) for d in real_drug),
+        sum(int((d & (at < launch[ids])).sum()) for d, ids, at in zip(real_drug, real_ids, real_at, strict=True)),
+    )
     dead = died < (times + ((futures.limit - futures.offset) * tok.US_PER_DAY).astype(np.int64))
     add(
         "record after death",
         int(keep[dead].sum()),
         int((keep & (dates >= died[:, None, None]))[dead].sum()),
-        sum(ids.size for ids, d in zip(real_keep, dead, strict=True) if d),
-        0,
+        sum(ids.size for ids, d in zip(real_ids, dead, strict=True) if d),
+        sum(int((at >= died[r]).sum()) for r, at in enumerate(real_at) if dead[r]),
     )
     return pl.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------- the stage
+
+
+def simulate_tasks(model_path: str | Path, timeline: Timeline, samples: dict[str, pl.DataFrame],
+                   specs: dict[str, TaskSpec], config: ZeroShotConfig, progress: bool = False) -> Futures:  # fmt: skip
+    """The futures of every task's sample in one simulation (one pool of workers): the samples stacked with a
+    `task` column, each row until its task's horizon."""
+    stacked = pl.concat([s.select("subject_id", "prediction_time", "boolean_value", "weight")
+                         .with_columns(pl.lit(t).alias("task")) for t, s in samples.items()])  # fmt: skip
+    horizons = np.array([specs[t].horizon_days for t in stacked["task"].to_list()], dtype=np.float64)
+    return simulate(model_path, timeline, stacked, horizons, config, progress)
+
+
+def futures_curve(futures: Futures, masks: dict[str, np.ndarray], ns, evaluation) -> tuple[pl.DataFrame, dict]:
+    """Per task and n (the first n futures of each patient, n in NS): AUPRC, AUROC and Brier with their
+    intervals on the task's weighted sample (`evaluation`'s bootstrap), and {(task, n): predictions frame}."""
+    from claimsutil import metrics
+
+    rows, frames = [], {}
+    for task, mask in masks.items():
+        part = futures.subset((futures.sample["task"] == task).to_numpy())
+        s = part.sample
+        for n in ns:
+            frame = metrics.predictions_frame(s["subject_id"], s["prediction_time"], s["boolean_value"],
+                                              part.outcome_share(mask, n))  # fmt: skip
+            r = metrics.evaluate(frame, evaluation.n_resamples, evaluation.seed, evaluation.alpha,
+                                 weights=s["weight"].to_numpy())  # fmt: skip
+            row = {"task": task, "futures": n, "patients": r["n"], "positives": r["positives"]}
+            for m in metrics.METRICS:
+                row |= {m: r[m]["point"], f"{m}_low": r[m]["low"], f"{m}_high": r[m]["high"]}
+            rows.append(row)
+            frames[(task, n)] = frame
+    return pl.DataFrame(rows), frames
+
+
+def curve_ns(futures: int) -> list[int]:
+    """1, 4, 16, 64, ... up to FUTURES (and FUTURES itself)."""
+    ns = [n for n in (1, 4, 16, 64, 256, 1024) if n <= futures]
+    return ns if ns[-1] == futures else [*ns, futures]
+
+
+def stage_metrics(futures: Futures, curve: pl.DataFrame, rmsle: float | None, impossible: pl.DataFrame) -> dict:
+    """The stage's DVC metrics: the cost (patients x futures x tokens, seconds), the n curve, plausibility."""
+    out: dict[str, Any] = {
+        "labels_used": 0, "patients": futures.tokens.shape[0], "futures_per_patient": futures.n,
+        "generated_tokens": futures.generated_tokens(), "sampling_seconds": round(futures.seconds, 2),
+        "generated_tokens_per_s": futures.generated_tokens() / max(futures.seconds, 1e-9),
+        "tokens_per_future": futures.generated_tokens() / max(futures.tokens.shape[0] * futures.n, 1),
+        "reached_horizon": futures.reached_horizon(), "code_frequency_rmsle": rmsle,
+    }  # fmt: skip
+    for r in curve.iter_rows(named=True):
+        out.setdefault(r["task"], {})[f"n{r['futures']}"] = {
+            m: {"point": r[m], "low": r[f"{m}_low"], "high": r[f"{m}_high"]} for m in ("auprc", "auroc", "brier")
+        }
+    out["impossible"] = {r["event"]: r["generated_share"] for r in impossible.iter_rows(named=True)}
+    return out
+
+
+def write_outputs(out_dir: str | Path, samples: dict[str, pl.DataFrame], frames: dict) -> None:
+    """OUT_DIR/<task>/sample.parquet (the simulated rows and their weights) and futures-<n>.parquet (the
+    predictions from the first n futures, meds-evaluation columns)."""
+    from claimsutil import metrics
+
+    for task, sample in samples.items():
+        folder = Path(out_dir) / task
+        folder.mkdir(parents=True, exist_ok=True)
+        sample.select("subject_id", "prediction_time", "boolean_value", "weight").write_parquet(
+            folder / "sample.parquet"
+        )
+    for (task, n), frame in frames.items():
+        metrics.write_predictions(frame, Path(out_dir) / task / f"futures-{n}.parquet")
+
+
+def plot_curve(curve: pl.DataFrame, title: str = ""):
+    """AUPRC (95% interval) against the number of futures per patient, one line per task."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for task in curve["task"].unique(maintain_order=True).to_list():
+        t = curve.filter(pl.col("task") == task)
+        ax.errorbar(t["futures"], t["auprc"], yerr=[t["auprc"] - t["auprc_low"], t["auprc_high"] - t["auprc"]],
+                    marker="o", ms=3, capsize=2, label=task)  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("futures per patient (n)")
+    ax.set_ylabel("AUPRC")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
