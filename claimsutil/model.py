@@ -572,7 +572,7 @@ class ClaimsDecoder(nn.Module):
         valid[:, :T0] = prompt != PAD_ID
         pos = (valid[:, :T0].long().cumsum(1) - 1).clamp(min=0)  # (P, T0) positions from each row's first token
         row_ages = ages.float().unsqueeze(1)  # (P, 1)
-        banned = torch.zeros(cfg.vocab_size, device=dev).masked_fill((self.family == SPECIAL).to(dev), -math.inf)
+        specials = (self.family == SPECIAL).nonzero().squeeze(1).to(dev)  # never sampled
         # The prompts in one pass: causal within each, padding keys masked (every query sees itself).
         shape = (P, cfg.n_head, total, cfg.n_embd // cfg.n_head)
         buffers = [(torch.zeros(shape, device=dev), torch.zeros(shape, device=dev)) for _ in self.h]
@@ -592,6 +592,7 @@ class ClaimsDecoder(nn.Module):
                 last.repeat_interleave(n, 0),
             )
         next_pos = pos[:, -1].repeat_interleave(n) + 1  # (B,)
+        age_emb = self.age_encoding(row_ages)  # (B, 1, C): each future's age, encoded once
         rows = torch.arange(B, device=dev)  # the futures still running, by their row in the output
         out_tokens = torch.full((B, n_new), PAD_ID, dtype=torch.long, device=dev)
         out_logits = torch.zeros(B, n_new, cfg.vocab_size, device=dev) if return_logits else None
@@ -604,8 +605,9 @@ class ClaimsDecoder(nn.Module):
         for step in range(n_new):
             if return_logits:
                 out_logits[rows, step] = last * alive.unsqueeze(1)
-            z = last / temperature + banned  # (b, V); banned: -inf on the special tokens
-            cdf = (z - z.max(dim=-1, keepdim=True).values).exp_().cumsum(-1)  # (b, V) unnormalised CDF
+            z = last if temperature == 1.0 else last / temperature  # (b, V)
+            z[:, specials] = -math.inf  # never a special token
+            cdf = torch.softmax(z, dim=-1).cumsum_(-1)  # (b, V) the CDF (softmax: one fused pass)
             u = u_all[rows, step : step + 1].to(cdf.dtype) * cdf[:, -1:]  # (b, 1)
             new = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=cfg.vocab_size - 1)  # (b,)
             out_tokens[rows, step] = torch.where(alive, new, PAD_ID)
@@ -617,18 +619,12 @@ class ClaimsDecoder(nn.Module):
             # Complete futures leave the batch once they are half of it (copying the cache costs steps).
             if int((~alive).sum()) * 2 >= alive.numel():
                 keep = alive.nonzero().squeeze(1)
-                rows, new, next_pos, row_ages, valid = (
-                    rows[keep],
-                    new[keep],
-                    next_pos[keep],
-                    row_ages[keep],
-                    valid[keep],
-                )
+                rows, new, next_pos, age_emb, valid = rows[keep], new[keep], next_pos[keep], age_emb[keep], valid[keep]
                 buffers, alive = [(k[keep], v[keep]) for k, v in buffers], alive[keep]
             at = T0 + step
             valid[:, at] = True
             mask = valid[:, None, None, : at + 1]  # (b, 1, 1, at + 1)
-            x = self._embed(new.unsqueeze(1), row_ages, next_pos.unsqueeze(1))
+            x = self.wte(new.unsqueeze(1)) + self.wpe(next_pos.unsqueeze(1)) + age_emb  # `_embed`, age encoded once
             for block, (k, v) in zip(self.h, buffers, strict=True):
                 x = block(x, mask, (k, v, at))
             last = self.lm_head(self.ln_f(x[:, -1])).float()

@@ -247,6 +247,182 @@ def table3(results: pl.DataFrame, scales: list[str], budgets: list[str], metric:
     return pl.DataFrame(rows)
 
 
+# ------------------------------------------------------------------------------------ zero-shot (Table 3z)
+
+
+@dataclass
+class ZeroShotPredictions:
+    """A task's zero-shot predictions: the simulated (sub)sample of its evaluation sample, with its weights, and
+    per scale and n the predictions from the first n futures (`claimsutil.generate`)."""
+
+    task: str
+    sample: pl.DataFrame  # subject_id, prediction_time, boolean_value, weight
+    runs: dict[tuple[str, int], pl.DataFrame]  # (scale, n) -> predictions
+
+
+def load_zeroshot(task: str, scales: list[str], zeroshot_dir: str | Path) -> ZeroShotPredictions:
+    """The zeroshot stage's files of TASK at every scale (the sample is the same at every scale: an error
+    says so if not)."""
+    root = Path(zeroshot_dir)
+    sample, runs = None, {}
+    for scale in scales:
+        folder = root / scale / task
+        if not (folder / "sample.parquet").is_file():
+            raise FileNotFoundError(f"{folder}: no zero-shot predictions for task '{task}' (run zeroshot@{scale})")
+        this = pl.read_parquet(folder / "sample.parquet")
+        if sample is not None and not this.equals(sample):
+            raise ValueError(f"{folder}: another zero-shot sample than the other scales' (rerun every zeroshot stage)")
+        sample = this
+        for f in sorted(folder.glob("futures-*.parquet")):
+            runs[(scale, int(f.stem.split("-")[1]))] = metrics.read_predictions(f)
+    return ZeroShotPredictions(task, sample, runs)
+
+
+def zeroshot_comparison(zs: ZeroShotPredictions, preds: TaskPredictions, budgets: list[str], n_resamples: int,
+                        seed: int) -> pl.DataFrame:  # fmt: skip
+    """Every model of the task on the zero-shot sample (its patients and weights, so every row is paired): the
+    zero-shot model at each scale and n, the fine-tuned encoder at each scale and budget, LightGBM at each
+    budget and the oracle. One row per model: AUPRC, AUROC and Brier with 95% intervals."""
+    rows = []
+
+    def add(model: str, scale: str, budget: str, frames: list[pl.DataFrame], futures: int | None = None) -> None:
+        on = [metrics.restrict(f, zs.sample, f"{model} {scale} {budget}") for f in frames]
+        r = metrics.evaluate_mean(on, n_resamples=n_resamples, seed=seed, weights=zs.sample)
+        row = {"task": zs.task, "model": model, "scale": scale, "budget": budget, "futures": futures,
+               "scored_patients": r["n"], "scored_positives": r["positives"]}  # fmt: skip
+        for m in metrics.METRICS:
+            row |= {m: r[m]["point"], f"{m}_low": r[m]["low"], f"{m}_high": r[m]["high"]}
+        rows.append(row)
+
+    for (scale, n), frame in sorted(zs.runs.items(), key=lambda kv: kv[0][1]):
+        add("zeroshot", scale, "0", [frame], n)
+    for (model, scale, budget), frames in preds.runs.items():
+        if model in ("pretrained", "lightgbm", "oracle") and (model == "oracle" or budget in budgets):
+            add(model, scale, budget, frames)
+    return pl.DataFrame(rows, schema_overrides={"futures": pl.Int64})
+
+
+def zeroshot_all(zs: dict[str, ZeroShotPredictions], preds: dict[str, TaskPredictions], budgets: list[str],
+                 n_resamples: int, seed: int) -> pl.DataFrame:  # fmt: skip
+    """`zeroshot_comparison` of every task, stacked."""
+    return pl.concat([zeroshot_comparison(zs[t], preds[t], budgets, n_resamples, seed) for t in zs])
+
+
+def zeroshot_findings(comparison: pl.DataFrame, budgets: list[str], futures: int) -> list[str]:
+    """One sentence per task: the zero-shot model's best scale against the fine-tuned encoder with the fewest
+    labels and LightGBM with as many, on the same patients (AUPRC, 95% intervals)."""
+    out, fewest = [], budgets[0]
+    for task in comparison["task"].unique(maintain_order=True).to_list():
+        t = comparison.filter(pl.col("task") == task)
+        z = t.filter((pl.col("model") == "zeroshot") & (pl.col("futures") == futures)).sort("auprc", descending=True)
+        f = t.filter((pl.col("model") == "pretrained") & (pl.col("budget") == fewest)).sort("auprc", descending=True)
+        g = t.filter((pl.col("model") == "lightgbm") & (pl.col("budget") == fewest))
+        if not (z.height and f.height and g.height):
+            continue
+        zr, fr, gr = z.row(0, named=True), f.row(0, named=True), g.row(0, named=True)
+        out.append(
+            f"{task}: with no labels, the generative model ({zr['scale']}, {futures} futures a patient) reaches AUPRC "
+            f"{_cell(zr['auprc'], zr['auprc_low'], zr['auprc_high'])}, against "
+            f"{_cell(fr['auprc'], fr['auprc_low'], fr['auprc_high'])} for the encoder fine-tuned on {fewest} labels "
+            f"({fr['scale']}) and {_cell(gr['auprc'], gr['auprc_low'], gr['auprc_high'])} for LightGBM on as many "
+            f"(the same {zr['scored_patients']:,} patients)."
+        )
+    return out
+
+
+def table3_zeroshot(comparison: pl.DataFrame, scales: list[str], budgets: list[str], futures: int,
+                    metric: str = "auprc") -> pl.DataFrame:  # fmt: skip
+    """Per task, on its zero-shot sample: the zero-shot model at each scale (FUTURES futures a patient, no
+    labels), the fine-tuned encoder at its best scale for each label budget, LightGBM at each budget, and the
+    oracle; METRIC with its 95% interval."""
+    rows = []
+    for task in comparison["task"].unique(maintain_order=True).to_list():
+        t = comparison.filter(pl.col("task") == task)
+        first = t.row(0, named=True)
+        row = {"task": task, "scored_patients": first["scored_patients"], "scored_positives": first["scored_positives"]}
+        for scale in scales:
+            r = t.filter((pl.col("model") == "zeroshot") & (pl.col("scale") == scale) & (pl.col("futures") == futures))
+            row[f"zero-shot {scale}"] = (
+                _cell(r[metric][0], r[f"{metric}_low"][0], r[f"{metric}_high"][0]) if r.height else "-"
+            )
+        for budget in budgets:
+            r = t.filter((pl.col("model") == "pretrained") & (pl.col("budget") == budget)).sort(metric, descending=True)
+            if r.height:
+                row[f"fine-tuned @{budget}"] = (
+                    f"{_cell(r[metric][0], r[f'{metric}_low'][0], r[f'{metric}_high'][0])} {r['scale'][0]}"
+                )
+        for budget in budgets:
+            r = t.filter((pl.col("model") == "lightgbm") & (pl.col("budget") == budget))
+            if r.height:
+                row[f"LightGBM @{budget}"] = _cell(r[metric][0], r[f"{metric}_low"][0], r[f"{metric}_high"][0])
+        r = t.filter(pl.col("model") == "oracle")
+        row["oracle"] = _cell(r[metric][0], r[f"{metric}_low"][0], r[f"{metric}_high"][0]) if r.height else "-"
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def plot_zeroshot(comparison: pl.DataFrame, params: dict[str, float], budgets: list[str], futures: int):
+    """Figure 6: per task, AUPRC on its zero-shot sample against model size: the zero-shot model (FUTURES
+    futures a patient, no labels; 95% band), the fine-tuned encoder at each label budget, LightGBM at each
+    budget (dashed) and the oracle (black)."""
+    import matplotlib.pyplot as plt
+
+    tasks = comparison["task"].unique(maintain_order=True).to_list()
+    cols = min(2, len(tasks))
+    rows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        t = comparison.filter(pl.col("task") == task)
+        z = t.filter((pl.col("model") == "zeroshot") & (pl.col("futures") == futures))
+        z = z.with_columns(x=pl.col("scale").replace_strict(params, default=None)).sort("x")
+        ax.fill_between(z["x"], z["auprc_low"], z["auprc_high"], color="tab:purple", alpha=0.15)
+        ax.plot(z["x"], z["auprc"], "s-", color="tab:purple", lw=2, label=f"zero-shot, n={futures}")
+        for i, budget in enumerate(budgets):
+            c = colors[i % len(colors)]
+            f = t.filter((pl.col("model") == "pretrained") & (pl.col("budget") == budget))
+            f = f.with_columns(x=pl.col("scale").replace_strict(params, default=None)).sort("x")
+            ax.plot(f["x"], f["auprc"], "o-", color=c, ms=3, label=f"fine-tuned, {budget}")
+            g = t.filter((pl.col("model") == "lightgbm") & (pl.col("budget") == budget))
+            if g.height:
+                ax.axhline(g["auprc"][0], color=c, ls="--", lw=1)
+        o = t.filter(pl.col("model") == "oracle")
+        if o.height:
+            ax.axhline(o["auprc"][0], color="black", lw=1.2, label="oracle")
+        _scale_ticks(ax, params)
+        ax.set_title(task)
+        ax.set_xlabel("parameters")
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.set_visible(False)
+    axes[0][0].set_ylabel("AUPRC (zero-shot sample)")
+    axes[0][0].legend(fontsize=7, title="LightGBM: dashed", title_fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_zeroshot_futures(comparison: pl.DataFrame, scales: list[str]):
+    """Figure 7: zero-shot AUPRC against the number of futures per patient, one panel per task, one line per
+    scale."""
+    import matplotlib.pyplot as plt
+
+    tasks = comparison["task"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for scale in scales:
+            z = comparison.filter(
+                (pl.col("task") == task) & (pl.col("model") == "zeroshot") & (pl.col("scale") == scale)
+            )
+            z = z.sort("futures")
+            ax.plot(z["futures"], z["auprc"], "o-", ms=3, label=scale)
+        ax.set_xscale("log", base=2)
+        ax.set_title(task)
+        ax.set_xlabel("futures per patient")
+    axes[0][0].set_ylabel("zero-shot AUPRC")
+    axes[0][0].legend(fontsize=7, title="scale", title_fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 # ----------------------------------------------------------------------------------------- saturation
 
 
@@ -579,7 +755,8 @@ def _short_number(x: float) -> str:
 
 def notebook_reports(scales: list[str]) -> list[str]:
     """The HTML export of every notebook the pipeline runs, in pipeline order."""
-    per_scale = [f"{prefix}-{s}.html" for prefix in ("03_pretrain", "03b_pretrain_gen", "04_finetune") for s in scales]
+    prefixes = ("03_pretrain", "03b_pretrain_gen", "04_finetune", "08_zeroshot")
+    per_scale = [f"{prefix}-{s}.html" for prefix in prefixes for s in scales]
     return ["00_data.html", "01_cohort.html", "02_tokenize.html", *per_scale, "05_baseline.html", "06_scaling.html",
             "07_scaling_laws.html"]  # fmt: skip
 

@@ -61,7 +61,8 @@ def tiny_study(tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProces
 def test_repro_builds_every_output(tiny_study):
     copy, _, first = tiny_study
     stages = ("synthesize", "splits", "describe", "cohort", "tokenize", "baseline", *(f"pretrain@{s}" for s in SCALES),
-              *(f"finetune@{s}" for s in SCALES), "scaling")  # fmt: skip
+              *(f"finetune@{s}" for s in SCALES), *(f"pretrain_gen@{s}" for s in SCALES),
+              *(f"zeroshot@{s}" for s in SCALES), "scaling")  # fmt: skip
     for stage in stages:
         assert f"Running stage '{stage}'" in first.stdout
     report = validate_dataset(copy / "data" / "meds")
@@ -116,6 +117,19 @@ def test_repro_builds_every_output(tiny_study):
         assert (copy / "data" / "models" / scale / "model.pt").is_file() and m["steps"] == 3
         sizes.append(m["parameters_non_embedding"])  # embeddings and heads grow with the vocabulary, not the scale
     assert sizes == sorted(sizes) and sizes[-1] > 30 * sizes[0]
+    # The generative model: one decoder per scale, its losses beside its frequency baseline; zero-shot futures.
+    for scale in SCALES:
+        g = json.loads((copy / "data" / "metrics" / f"pretrain_gen-{scale}.json").read_text())
+        assert g["objective"] == "next" and g["steps"] == 3
+        assert (copy / "data" / "models_gen" / scale / "model.pt").is_file()
+        families = {"diagnosis", "drug", "time", "other", "total"}
+        assert set(g["final_val_loss"]) == set(g["frequency_baseline"]) == families
+        z = json.loads((copy / "data" / "metrics" / f"zeroshot-{scale}.json").read_text())
+        assert z["labels_used"] == 0 and z["futures_per_patient"] == 4 and z["generated_tokens"] > 0
+        assert set(z["impossible"]) == {"prostate code in a woman", "drug before its launch", "record after death"}
+        assert all(set(z[t]) == {"n1", "n4"} for t in tasks)
+        assert (copy / "reports" / f"08_zeroshot-{scale}.html").is_file()
+    assert (copy / "reports" / "pretrain_gen" / "xs" / "time_tokens.md").is_file()
 
 
 def test_every_declared_output_exists(tiny_study):
@@ -152,7 +166,11 @@ def test_finetuning_and_the_study_tables(tiny_study):
     assert pl.read_csv(tables / "table3_downstream_auroc.csv").height == len(tasks) * 2
     sat = pl.read_csv(tables / "saturation.csv")
     assert sat.height == len(tasks) * 2 and set(sat["saturation_scale"]) <= set(SCALES)
-    for n in range(1, 6):
+    t1g = pl.read_csv(tables / "table1_generative.csv")
+    assert t1g["scale"].to_list() == list(SCALES) and {"val_loss", "baseline", "below_baseline"} <= set(t1g.columns)
+    t3z = pl.read_csv(tables / "table3_zeroshot.csv")
+    assert t3z["task"].to_list() == tasks and {f"zero-shot {s}" for s in SCALES} | {"oracle"} <= set(t3z.columns)
+    for n in range(1, 8):
         figure = next((copy / "reports" / "figures").glob(f"figure{n}_*.png"))
         assert figure.stat().st_size > 10_000 and figure.with_suffix(".svg").is_file()
     index = (copy / "reports" / "index.html").read_text()
@@ -194,7 +212,8 @@ def test_second_repro_does_nothing(tiny_study):
     shown = json.loads(metrics.stdout)
     files = {f for workspace in shown.values() for f in workspace["data"]}
     expected = {"synthesize", "cohort", "tokenize", "baseline", "scaling", "laws", *(f"pretrain-{s}" for s in SCALES),
-                *(f"finetune-{s}" for s in SCALES)}  # fmt: skip
+                *(f"finetune-{s}" for s in SCALES), *(f"pretrain_gen-{s}" for s in SCALES),
+                *(f"zeroshot-{s}" for s in SCALES)}  # fmt: skip
     assert {f"data/metrics/{name}.json" for name in expected} | {"reports/data/metrics.json"} <= files
     git = {**env, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}  # fmt: skip
@@ -213,10 +232,10 @@ def test_changing_one_scale_reruns_only_that_scale_and_the_analysis(tiny_study):
         status = json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], copy, env).stdout)
         # finetune@m follows once data/models/m changes; scaling_laws compares every scale's budget with its
         # fit (its grid runs are kept in data/laws and reused: only the fits rerun)
-        assert set(status) == {"pretrain@m", "scaling", "scaling_laws"}
+        assert set(status) == {"pretrain@m", "pretrain_gen@m", "scaling", "scaling_laws"}
         rerun = _run([sys.executable, "-m", "dvc", "repro"], copy, env).stdout
         running = {line.split("'")[1] for line in rerun.splitlines() if line.startswith("Running stage")}
-        assert running == {"pretrain@m", "finetune@m", "scaling", "scaling_laws"}
+        assert running == {"pretrain@m", "pretrain_gen@m", "finetune@m", "zeroshot@m", "scaling", "scaling_laws"}
     finally:
         params.write_text(original)
 
@@ -231,7 +250,7 @@ def test_what_a_change_reruns(tiny_study):
     copy, env, _ = tiny_study
     params, oracle, config = copy / "params.yaml", copy / "claimsutil/synth/oracle.py", copy / "claimsutil/config.py"
     originals = {p: p.read_text() for p in (params, oracle, config)}
-    finetunes = {f"finetune@{s}" for s in SCALES}
+    finetunes = {f"{stage}@{s}" for s in SCALES for stage in ("finetune", "zeroshot")}  # both read `tasks`
     before = _status(copy, env)  # what earlier tests left out of date (their changes are undone)
     try:
         params.write_text(originals[params].replace("tasks:\n", "tasks:\n  asthma:\n    outcome: [ICD10/J45]\n", 1))
@@ -257,7 +276,8 @@ def test_reports_never_show_small_counts(tiny_study):
     """Every table the study writes under reports/ applies the small-cell rule: no count of 1 to 9 in a
     column that counts patients, events or cases."""
     copy, _, _ = tiny_study
-    not_counts = re.compile(r"^(budget|seed|scale|layers|width|heads|ffn|epochs?|best_epoch|runs|codes|shards|steps|"
+    not_counts = re.compile(r"^(budget|seed|scale|futures|layers|width|heads|ffn|epochs?|best_epoch|runs|codes|shards|"
+                            r"steps|"
                             r"year|reference_year|age_band|min_cell|k|rank|id|horizon_days|min_prior_days|covered_months|"
                             r"world_size|tokens_per_step|parameters.*|.*_days|.*_s|.*_share|.*_rate|.*auprc.*|.*auroc.*|"
                             r".*brier.*|.*loss.*|prevalence|incidence|.*_hours|.*flops.*|n_hospitals|vocabulary|tokens|"
