@@ -35,13 +35,14 @@ MODEL_ORDER = ("pretrained", "scratch", "lightgbm", "oracle")
 # ------------------------------------------------------------------------------------------------ Table 1
 
 
-def read_pretrain_metrics(metrics_dir: str | Path, scales: list[str]) -> dict[str, dict]:
-    """{scale: the pretrain stage's metrics JSON}; a missing file is an error naming it."""
+def read_pretrain_metrics(metrics_dir: str | Path, scales: list[str], stage: str = "pretrain") -> dict[str, dict]:
+    """{scale: the STAGE's metrics JSON (pretrain, or pretrain_gen for the generative model)}; a missing file is
+    an error naming it."""
     out = {}
     for scale in scales:
-        path = Path(metrics_dir) / f"pretrain-{scale}.json"
+        path = Path(metrics_dir) / f"{stage}-{scale}.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no pretraining metrics for scale '{scale}' (run the pretrain stage)")
+            raise FileNotFoundError(f"{path}: no pretraining metrics for scale '{scale}' (run the {stage} stage)")
         out[scale] = json.loads(path.read_text(encoding="utf-8"))
     return out
 
@@ -78,17 +79,6 @@ def table1(pretrain: dict[str, dict], baseline: dict[str, float] | None = None) 
                 ce = baseline[family]
                 rows[-1] |= {f"baseline_{family}": ce, f"below_baseline_{family}": ce - val[family]}
     return pl.DataFrame(rows)
-
-
-def read_pretrain_gen_metrics(metrics_dir: str | Path, scales: list[str]) -> dict[str, dict]:
-    """{scale: the pretrain_gen stage's metrics JSON}; a missing file is an error naming it."""
-    out = {}
-    for scale in scales:
-        path = Path(metrics_dir) / f"pretrain_gen-{scale}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no generative pretraining metrics for scale '{scale}' (run pretrain_gen)")
-        out[scale] = json.loads(path.read_text(encoding="utf-8"))
-    return out
 
 
 def table1_generative(pretrain_gen: dict[str, dict]) -> pl.DataFrame:

@@ -88,9 +88,6 @@ class Timeline:
         """The family of every token id: the store's, then TIME_FAMILY for the time tokens."""
         return np.r_[self.store.vocab.family_ids, np.full(len(TIME_BINS), TIME_FAMILY)].astype(np.int64)
 
-    def is_time(self, ids) -> np.ndarray:
-        return np.asarray(ids) >= self.base_vocab
-
     def advance_days(self) -> np.ndarray:
         """Days a sampled future advances per token id (0 for every token but the time tokens)."""
         out = np.zeros(self.vocab_size, dtype=np.float64)
