@@ -398,6 +398,8 @@ class LawsConfig:
     n_resamples: int = 200  # bootstrap replicates (each refits both approaches)
     lr_sweep: tuple[float, ...] = (0.5, 1.0, 2.0)  # multipliers of a scale's learning rate
     lr_sweep_scales: tuple[str, ...] = ("xs", "xl")  # scales swept, each on its pretraining token budget
+    gen_budgets: tuple[float, ...] = ()  # the generative decoder's grid (next-token objective); () for none
+    gen_sizes: tuple[str, ...] = ()  # the sizes of the ladder it may use (the token bounds are the encoder's)
     workers: int = execution(2)  # processes training runs in parallel (one thread each)
 
     def __post_init__(self) -> None:
@@ -414,6 +416,11 @@ class LawsConfig:
             _require(self, getattr(self, key) >= 1, key, "must be >= 1")
         _require(self, 0 <= self.warmup_share < 1, "warmup_share", "must be in [0, 1)")
         _require(self, all(m > 0 for m in self.lr_sweep), "lr_sweep", "must be multipliers > 0")
+        _require(self, all(b > 0 for b in self.gen_budgets), "gen_budgets", "must be > 0")
+        unknown = [s for s in self.gen_sizes if s not in self.sizes]
+        have = list(self.sizes)
+        _require(self, not unknown, "gen_sizes", f"must be sizes of the ladder (not {unknown}; have {have})")
+        _require(self, bool(self.gen_sizes) or not self.gen_budgets, "gen_sizes", "must list sizes for gen_budgets")
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,12 @@ runs are scored on the same patients) and the runs within each budget, refitting
 a replicate where a fit has no minimum is counted, never dropped silently.
 
 The training is a parameter (`train_run`): this module fits any objective whose runs report per-batch loss
-sums; `claimsutil.laws.train_encoder_run` trains the masked-code encoder.
+sums; `claimsutil.laws.train_grid_run` pretrains the run's model by its objective, the masked-code encoder
+or the generative decoder (`GridRun.objective`), and both grids of notebook 07 share one pool of processes.
 
-    plan = plan_grid(config, sizes_with_parameters)            # which (N, D) pairs
-    runs, batches = run_grid(plan, train_encoder_run, ...)      # train and score every run
-    fit = fit_all(runs, batches, config)                        # both approaches, with intervals
+    grid = study_grid(params, store_dir, splits_dir, models_dir)     # encoder grid, sweep, decoder grid
+    runs, batches = run_grid(grid.plan + grid.sweep + grid.generative, train_grid_run, grid.context, out)
+    fit = fit_all(runs, batches, objective, n_resamples, seed)       # both approaches, with intervals
 """
 
 from __future__ import annotations
@@ -79,11 +80,13 @@ class GridRun:
     warmup_steps: int = -1  # -1: the context's warmup_share of the steps
     lr_scale: float = 1.0  # the size's peak learning rate times this (the learning-rate sweep)
     model_dir: str = ""  # set: score the model already trained there (a pretrain stage's) instead of training
+    objective: str = "masked"  # masked: the encoder; next: the generative decoder (`claimsutil.train.loop.MODELS`)
 
     @property
     def name(self) -> str:
         lr = "" if self.lr_scale == 1.0 else f"-lr{self.lr_scale:g}"
-        return f"{self.size}-C{self.budget:.2e}{lr}".replace("+", "")
+        model = "gen-" if self.objective == "next" else ""
+        return f"{model}{self.size}-C{self.budget:.2e}{lr}".replace("+", "")
 
 
 def plan_grid(budgets, parameters: dict[str, int], tokens_per_step: int, min_tokens: int,
@@ -116,7 +119,8 @@ def run_grid(plan: list[GridRun], train_run: Callable[[GridRun, dict], dict], co
     is read back rather than retrained. Returns (runs: one row per run, batches: run x batch x family)."""
     out = Path(out_dir) / "runs"
     out.mkdir(parents=True, exist_ok=True)
-    todo = [r for r in plan if _cached(out, r, context) is None]
+    # The most expensive first, so the processes finish together (the order never changes a result).
+    todo = sorted((r for r in plan if _cached(out, r, context) is None), key=lambda r: -expected_cost(r, context))
     if todo:
         jobs = [(r, train_run, context, str(out)) for r in todo]
         if workers > 1 and len(todo) > 1:
@@ -139,6 +143,19 @@ def run_grid(plan: list[GridRun], train_run: Callable[[GridRun, dict], dict], co
         for r, res in zip(plan, results, strict=True) for i, b in enumerate(res["batches"]) for f, (s, c) in b.items()
     ])  # fmt: skip
     return runs, batches
+
+
+def expected_cost(run: GridRun, context: dict) -> float:
+    """RUN's training multiply-adds, roughly (tokens x per-token work of the blocks, the output heads at the
+    share of tokens they score and attention over max_len keys), to order the runs; CONTEXT's `sizes`,
+    `vocab_size` and `max_len`. Without them: tokens x N."""
+    size = context.get("sizes", {}).get(run.size)
+    if not size or "vocab_size" not in context:
+        return float(run.tokens * run.parameters)
+    width, layers = float(size["n_embd"]), float(size["n_layer"])
+    head_share = 1.0 if run.objective == "next" else float(context.get("pretrain", {}).get("mask_rate", 0.15))
+    per_token = run.parameters + head_share * context["vocab_size"] * width + 2 * layers * width * context["max_len"]
+    return float(run.tokens) * per_token
 
 
 def _run_one(job: tuple) -> None:
@@ -523,10 +540,18 @@ def parameters_table(fit: LawFit, alpha: float = 0.05) -> pl.DataFrame:
     return pl.DataFrame([{"quantity": q, "estimate (95% interval)": _with_interval(p, v, alpha)} for q, p, v in rows])
 
 
-def published_table(fits: dict[str, LawFit], budget: float) -> pl.DataFrame:
-    """This study's exponents and tokens per parameter (at BUDGET) beside the published ones."""
+def parameters_side_by_side(fits: dict[str, LawFit], alpha: float = 0.05) -> pl.DataFrame:
+    """`parameters_table` of each fit (name -> fit), a column each."""
+    tables = [parameters_table(f, alpha).rename({"estimate (95% interval)": name}) for name, f in fits.items()]
+    return pl.concat([tables[0]] + [t.drop("quantity") for t in tables[1:]], how="horizontal")
+
+
+def published_table(fits: dict[str, LawFit]) -> pl.DataFrame:
+    """This study's exponents and tokens per parameter (at each fit's largest budget) beside the published
+    ones."""
     rows = []
     for name, fit in fits.items():
+        budget = max(fit.budgets)
         s, bad = fit.surface, degenerate_exponents(fit.surface, fit.replicates)
         source = f"this study, {name} (synthetic world, demo grid)"
         if bad:  # the surface's a, b and optimum are not estimates: show only the allocation measured directly
@@ -541,26 +566,40 @@ def published_table(fits: dict[str, LawFit], budget: float) -> pl.DataFrame:
                                       "tokens_per_parameter": pl.Float64})  # fmt: skip
 
 
-# ------------------------------------------------------------------------------------------------ the encoder
+# ------------------------------------------------------------------------------------------------ the study's grids
+
+GEN_OBJECTIVE = ("next_token",)  # the decoder's fitted loss: the mean cross-entropy over every next token
 
 
-def encoder_context(store_dir: str, splits_dir: str, sizes: dict[str, dict], pretrain: dict, eval_tokens: int,
-                    warmup_share: float) -> dict:  # fmt: skip
-    """What `train_encoder_run` needs, as plain JSON (a cached run is reused only for the same context):
-    SIZES name -> {n_layer, n_head, n_embd, lr}; PRETRAIN: `pretrain` keys shared by every run."""
+def grid_context(store_dir: str, splits_dir: str, sizes: dict[str, dict], pretrain: dict, eval_tokens: int,
+                 warmup_share: float, vocab_size: int, max_len: int) -> dict:  # fmt: skip
+    """What `train_grid_run` needs, as plain JSON (a cached run is reused only for the same context):
+    SIZES name -> {n_layer, n_head, n_embd, lr}; PRETRAIN: `pretrain` keys shared by every run; VOCAB_SIZE
+    and MAX_LEN: the token store's (the encoder's vocabulary; the decoder's adds the time tokens)."""
     return {"store_dir": store_dir, "splits_dir": splits_dir, "sizes": sizes, "pretrain": pretrain,
-            "eval_tokens": eval_tokens, "warmup_share": warmup_share}  # fmt: skip
+            "eval_tokens": eval_tokens, "warmup_share": warmup_share, "vocab_size": vocab_size,
+            "max_len": max_len}  # fmt: skip
 
 
-def encoder_parameters(sizes: dict[str, dict], vocab_size: int, max_len: int) -> dict[str, int]:
-    """Non-embedding parameters of each size of the ladder."""
+def grid_parameters(sizes: dict[str, dict], vocab_size: int, max_len: int, objective: str = "masked"
+                    ) -> dict[str, int]:  # fmt: skip
+    """Non-embedding parameters of each size of the ladder, as the encoder (OBJECTIVE masked) or the decoder
+    (next, whose vocabulary adds the time tokens)."""
     import torch
 
-    from claimsutil.model import ClaimsEncoder, ModelConfig
+    from claimsutil.model import ModelConfig
+    from claimsutil.train.loop import MODELS
 
+    vocab_size = _vocab_size(vocab_size, objective)
     family = torch.zeros(vocab_size, dtype=torch.long)
-    return {name: ClaimsEncoder(ModelConfig(vocab_size=vocab_size, max_len=max_len, **_shape(shape)),
-                                family).get_num_params() for name, shape in sizes.items()}  # fmt: skip
+    return {name: MODELS[objective](ModelConfig(vocab_size=vocab_size, max_len=max_len, **_shape(shape)),
+                                    family).get_num_params() for name, shape in sizes.items()}  # fmt: skip
+
+
+def _vocab_size(store_vocab: int, objective: str) -> int:
+    from claimsutil.timeline import TIME_BINS
+
+    return store_vocab + (len(TIME_BINS) if objective == "next" else 0)
 
 
 def _shape(size: dict) -> dict[str, int]:
@@ -568,32 +607,43 @@ def _shape(size: dict) -> dict[str, int]:
 
 
 @dataclass(frozen=True)
-class EncoderGrid:
-    """What notebook 07 runs: the IsoFLOP grid, the learning-rate sweep and the context of every run."""
+class StudyGrid:
+    """What notebook 07 runs: the encoder's IsoFLOP grid, its learning-rate sweep, the generative decoder's
+    grid, and the context of every run."""
 
     plan: list[GridRun]
     sweep: list[GridRun]
+    generative: list[GridRun]
     sizes: dict[str, dict]  # every size trained: the ladder and the swept scales (`scale-<name>`)
     context: dict
 
 
-def encoder_grid(params, store_dir: str | Path, splits_dir: str | Path, models_dir: str | Path | None = None
-                 ) -> EncoderGrid:  # fmt: skip
-    """The grid and sweep of PARAMS (`laws`, `pretrain`, `scales`) on the token store in STORE_DIR;
-    MODELS_DIR: where the pretrain stages' models are (the sweep's chosen-rate points)."""
+def study_grid(params, store_dir: str | Path, splits_dir: str | Path, models_dir: str | Path | None = None
+               ) -> StudyGrid:  # fmt: skip
+    """The grids and the sweep of PARAMS (`laws`, `pretrain`, `scales`) on the token store in STORE_DIR;
+    MODELS_DIR: where the pretrain stages' models are (the sweep's chosen-rate points). The decoder's grid
+    is `laws.gen_budgets` over the `laws.gen_sizes` of the ladder, with the encoder's token bounds."""
     from claimsutil.config import execution_fields
     from claimsutil.tokenize import TokenStore
 
     config, store = params.laws, TokenStore(store_dir)
     sizes = {**config.sizes, **sweep_sizes(params)}
-    parameters = encoder_parameters(sizes, len(store.vocab.tokens), store.config.max_len)
+    vocab_size, max_len = len(store.vocab.tokens), store.config.max_len
+    parameters = grid_parameters(sizes, vocab_size, max_len)
     plan = plan_grid(config.budgets, {k: parameters[k] for k in config.sizes}, config.tokens_per_step,
                      config.min_tokens, config.max_tokens)  # fmt: skip
+    generative = []
+    if config.gen_budgets:
+        gen_parameters = grid_parameters({k: config.sizes[k] for k in config.gen_sizes}, vocab_size, max_len, "next")
+        gen_plan = plan_grid(config.gen_budgets, gen_parameters, config.tokens_per_step, config.min_tokens,
+                             config.max_tokens)  # fmt: skip
+        generative = [dataclasses.replace(r, objective="next") for r in gen_plan]
     shared = {f.name: getattr(params.pretrain, f.name) for f in dataclasses.fields(params.pretrain)
               if f.name not in execution_fields(type(params.pretrain))}  # fmt: skip
-    context = encoder_context(str(store_dir), str(splits_dir), sizes, shared, config.eval_tokens, config.warmup_share)
+    context = grid_context(str(store_dir), str(splits_dir), sizes, shared, config.eval_tokens, config.warmup_share,
+                           vocab_size, max_len)  # fmt: skip
     sweep = plan_lr_sweep(params, parameters, models_dir)
-    return EncoderGrid(plan, sweep, sizes, json.loads(json.dumps(context)))
+    return StudyGrid(plan, sweep, generative, sizes, json.loads(json.dumps(context)))
 
 
 def sweep_sizes(params) -> dict[str, dict]:
@@ -639,7 +689,7 @@ def study_scales(params, store_dir: str | Path) -> dict[str, tuple[int, int]]:
     for scale in params.scales:
         config = params.pretrain_for(scale)
         shape = {**SCALES[config.profile][scale], "lr": config.lr}
-        n = encoder_parameters({scale: shape}, vocab_size, max_len)[scale]
+        n = grid_parameters({scale: shape}, vocab_size, max_len)[scale]
         out[scale] = (n, config.steps_for(n) * config.tokens_per_step)
     return out
 
@@ -651,13 +701,11 @@ def plan_table(plan: list[GridRun]) -> pl.DataFrame:
                           "steps": r.steps} for r in plan])  # fmt: skip
 
 
-def summary_metrics(fit: LawFit, runs: pl.DataFrame, sweep: pl.DataFrame, baseline: dict, objective) -> dict:
-    """What `dvc metrics show` shows of the stage."""
+def fit_metrics(fit: LawFit, runs: pl.DataFrame) -> dict:
+    """A fit's numbers for `dvc metrics show`: the constants with intervals, the allocation, what is degenerate."""
     largest = max(fit.budgets)
     s = fit.surface
     return {
-        "objective": fit.objective,
-        "frequency_baseline": sum(baseline[f]["cross_entropy"] for f in objective if f in baseline),
         "runs": runs.height, "budgets": len(fit.budgets), "training_minutes": float(runs["wall_s"].sum() / 60),
         "E": s.E, "alpha": s.alpha, "beta": s.beta, "alpha_interval": list(interval(fit.replicates["alpha"])),
         "beta_interval": list(interval(fit.replicates["beta"])),
@@ -667,8 +715,43 @@ def summary_metrics(fit: LawFit, runs: pl.DataFrame, sweep: pl.DataFrame, baseli
         "vertices_inside_sizes": sum(v.interior for v in fit.vertices),
         "degenerate_exponents": degenerate_exponents(s, fit.replicates),
         "bootstrap_without_minimum": fit.failed["isoflop_minimum"],
-        "lr_sweep_excess_percent": dict(sweep.filter(pl.col("chosen")).select("scale", "excess_percent").iter_rows()),
     }  # fmt: skip
+
+
+def summary_metrics(fit: LawFit, runs: pl.DataFrame, sweep: pl.DataFrame, baseline: dict, objective,
+                    generative: dict | None = None) -> dict:  # fmt: skip
+    """What `dvc metrics show` shows of the stage: the encoder's fit, its sweep, and GENERATIVE (the decoder's
+    `fit_metrics` and frequency baseline) when there is a decoder grid."""
+    return {
+        "objective": fit.objective,
+        "frequency_baseline": sum(baseline[f]["cross_entropy"] for f in objective if f in baseline),
+        **fit_metrics(fit, runs),
+        "lr_sweep_excess_percent": dict(sweep.filter(pl.col("chosen")).select("scale", "excess_percent").iter_rows()),
+    } | ({"generative": generative} if generative else {})  # fmt: skip
+
+
+def generative_fit(runs: pl.DataFrame, batches: pl.DataFrame, grid: StudyGrid, n_resamples: int, seed: int
+                   ) -> tuple[LawFit, pl.DataFrame] | None:  # fmt: skip
+    """The decoder grid's fit (`fit_all` on `GEN_OBJECTIVE`) and its runs; None without a decoder grid."""
+    if not grid.generative:
+        return None
+    names = [r.name for r in grid.generative]
+    gen_runs = runs.filter(pl.col("run").is_in(names))
+    fit = fit_all(gen_runs, batches.filter(pl.col("run").is_in(names)), GEN_OBJECTIVE, n_resamples, seed)
+    return fit, gen_runs
+
+
+def generative_baseline(store_dir: str | Path, splits_dir: str | Path) -> float:
+    """The decoder's frequency baseline on the grid's objective: a unigram of the training patients' timeline
+    targets, scored on the validation patients' (as the pretrain_gen stages report it)."""
+    from claimsutil.splits import read_splits, subject_ids
+    from claimsutil.timeline import Timeline, unigram_baseline
+    from claimsutil.tokenize import TokenStore
+    from claimsutil.train.loop import store_indices
+
+    store, splits = TokenStore(store_dir), read_splits(splits_dir)
+    fit, held = (store_indices(store, subject_ids(splits, (s,))) for s in ("train", "validation"))
+    return float(unigram_baseline(Timeline(store), fit, held)["total"])
 
 
 def study_budgets(fit: LawFit, scales: dict[str, tuple[int, int]]) -> pl.DataFrame:
@@ -685,10 +768,11 @@ def study_budgets(fit: LawFit, scales: dict[str, tuple[int, int]]) -> pl.DataFra
     return pl.DataFrame(rows)
 
 
-def train_encoder_run(run: GridRun, context: dict) -> dict:
-    """Pretrain the masked-code encoder of RUN's size on RUN's tokens (its own cosine schedule, warm-up a
-    share of its steps), one process and one thread, then score it batch by batch on the common validation
-    sample (the same patients and masks for every run)."""
+def train_grid_run(run: GridRun, context: dict) -> dict:
+    """Pretrain RUN's model (the masked-code encoder, or the decoder by next-token prediction: RUN.objective)
+    of RUN's size on RUN's tokens (its own cosine schedule, warm-up a share of its steps), one process and
+    one thread, then score it batch by batch on the common validation sample (the same patients, and for
+    the encoder the same masks, for every run of the objective)."""
     import tempfile
 
     import torch
@@ -703,12 +787,13 @@ def train_encoder_run(run: GridRun, context: dict) -> dict:
     size = context["sizes"][run.size]
     store = TokenStore(context["store_dir"])
     splits = read_splits(context["splits_dir"])
-    model_config = ModelConfig(vocab_size=len(store.vocab.tokens), max_len=store.config.max_len, **_shape(size))
+    vocab_size = _vocab_size(len(store.vocab.tokens), run.objective)
+    model_config = ModelConfig(vocab_size=vocab_size, max_len=store.config.max_len, **_shape(size))
     validation = subject_ids(splits, ("validation",))
     if run.model_dir:
         saved = torch.load(Path(run.model_dir) / "model.pt", map_location="cpu", weights_only=False)
         metrics = json.loads((Path(run.model_dir) / "metrics.json").read_text(encoding="utf-8"))
-        return _score(saved, ModelConfig(**saved["model_config"]), store, validation, context) | {
+        return _score(saved, ModelConfig(**saved["model_config"]), store, validation, context, run.objective) | {
             "wall_s": metrics["wall_time_s"],
             "tokens_seen": metrics["tokens_seen"],
             "final_train_loss": metrics["final_train_loss"],
@@ -720,27 +805,30 @@ def train_encoder_run(run: GridRun, context: dict) -> dict:
     config = dataclasses.replace(config, lr=lr, min_lr=lr * config.min_lr / config.lr, max_steps=run.steps,
                                  warmup_steps=warmup, tokens_per_step=run.tokens_per_step,
                                  micro_tokens=min(config.micro_tokens, run.tokens_per_step), eval_every=run.steps,
-                                 checkpoint_every=run.steps, processes=1, num_threads=1)  # fmt: skip
+                                 checkpoint_every=run.steps, processes=1, num_threads=1,
+                                 objective=run.objective)  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="claimsutil-laws-") as tmp:
         metrics = pretrain(context["store_dir"], subject_ids(splits, ("train",)), model_config, config, tmp,
                            validation, resume=False, progress=False)  # fmt: skip
         saved = torch.load(Path(tmp) / "model.pt", map_location="cpu", weights_only=False)
-    return _score(saved, model_config, store, validation, context) | {
+    return _score(saved, model_config, store, validation, context, run.objective) | {
         "wall_s": metrics["wall_time_s"], "tokens_seen": metrics["tokens_seen"],
         "final_train_loss": metrics["final_train_loss"]}  # fmt: skip
 
 
-def _score(saved: dict, model_config, store, validation, context: dict) -> dict:
-    """A saved model's losses on the common validation sample, overall and per batch."""
-    import torch
+def _score(saved: dict, model_config, store, validation, context: dict, objective: str = "masked") -> dict:
+    """A saved model's losses on the common validation sample, overall and per batch; a decoder's batches
+    also hold "next_token", every next token (the family `GEN_OBJECTIVE` fits)."""
+    from claimsutil.train.loop import MODELS, score_on_sample
 
-    from claimsutil.model import ClaimsEncoder
-    from claimsutil.train.loop import score_on_sample
-
-    model = ClaimsEncoder(model_config, torch.as_tensor(store.vocab.family_ids))
+    model = MODELS[objective](model_config, saved["model"]["family"].cpu())  # each token's family, as trained
     model.load_state_dict(saved["model"])
     per_batch: list = []
     losses = score_on_sample(model, store, validation, context["eval_tokens"], per_batch=per_batch)
+    if objective == "next":
+        every = GEN_OBJECTIVE[0]
+        per_batch = [b | {every: (sum(s for s, _ in b.values()), sum(n for _, n in b.values()))} for b in per_batch]
+        losses[every] = losses["total"]
     return {"losses": losses, "batches": per_batch}
 
 

@@ -1,5 +1,6 @@
 """The scaling-law machinery: the IsoFLOP plan, both fits on losses drawn from a known law, the bootstrap."""
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -141,10 +142,10 @@ def test_a_minimum_outside_the_sizes_tried_is_flagged_and_concave_profiles_are_c
 def test_published_table_puts_this_fit_beside_the_published_values():
     runs = _grid(TRUE)
     fit = laws.fit_all(runs.drop("loss"), _batches(runs, 6, 0.001), ("diagnosis", "drug"), n_resamples=5, seed=1)
-    table = laws.published_table({"encoder": fit}, 1e12)
+    table = laws.published_table({"encoder": fit})
     assert table["source"][0].startswith("this study, encoder")
-    s = fit.surface
-    assert table["tokens_per_parameter"][0] == pytest.approx(float(s.optimal_tokens(1e12) / s.optimal_parameters(1e12)))
+    s, top = fit.surface, max(fit.budgets)  # tokens per parameter at the fit's own largest budget
+    assert table["tokens_per_parameter"][0] == pytest.approx(float(s.optimal_tokens(top) / s.optimal_parameters(top)))
     assert any("Hoffmann" in s for s in table["source"]) and any("CoMET" in s for s in table["source"])
 
 
@@ -187,6 +188,67 @@ def test_an_exponent_at_its_bound_is_called_degenerate_and_its_optimum_is_not_re
     assert laws.fit_caveats(fit) == ""
     fit.surface, fit.allocation, fit.vertices = stuck, None, []
     assert "degenerate" in laws.fit_caveats(fit) and "No IsoFLOP minimum" in laws.fit_caveats(fit)
-    row = laws.published_table({"encoder": fit}, 1e12).row(0, named=True)
+    row = laws.published_table({"encoder": fit}).row(0, named=True)
     assert "degenerate fit (alpha at a bound)" in row["source"]
     assert row["tokens_per_parameter"] is None and row["a"] is None and row["alpha"] == 3.0
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small synthetic world's token store and splits, as the scaling-law stage reads them."""
+    from claimsutil import splits as sp
+    from claimsutil import tokenize as tok
+    from claimsutil.config import CohortParams, SynthParams
+    from claimsutil.synth import generate as synthesize
+
+    out = tmp_path_factory.mktemp("laws") / "meds"
+    synthesize(SynthParams(patients=300, seed=5, block_size=150, shard_size=300, workers=1), out,
+               out.with_name("meds_truth"), progress=False)  # fmt: skip
+    splits = sp.build_splits(out, CohortParams())[0]
+    (out.parent / "splits").mkdir()
+    splits.write_parquet(out.parent / "splits" / sp.SPLITS_FILE)
+    ids = splits.filter(pl.col("split").is_in(["train", "validation"]))["subject_id"].to_numpy()
+    config = tok.TokenizeConfig(max_len=128)
+    tok.build_store(out, tok.build_vocabulary(out, ids, config), out.with_name("tokens"), config)
+    return {"store": str(out.with_name("tokens")), "splits": str(out.parent / "splits")}
+
+
+def _context(small_store: dict) -> dict:
+    from claimsutil.config import PretrainConfig
+    from claimsutil.tokenize import TokenStore
+
+    sizes = {"w16": {"n_layer": 1, "n_head": 1, "n_embd": 16, "lr": 0.01}}
+    pretrain = {k: v for k, v in dataclasses.asdict(PretrainConfig()).items() if k not in ("device", "processes")}
+    store = TokenStore(small_store["store"])
+    return laws.grid_context(small_store["store"], small_store["splits"], sizes, pretrain, 2048, 0.1,
+                             len(store.vocab.tokens), store.config.max_len)  # fmt: skip
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_grid_runs_train_the_decoder_by_next_token_and_score_every_next_token(small_store):
+    context = _context(small_store)
+    n = laws.grid_parameters(context["sizes"], context["vocab_size"], context["max_len"], "next")["w16"]
+    run = laws.GridRun(6.0 * n * 3 * 1024, "w16", n, 3 * 1024, 3, tokens_per_step=1024, objective="next")
+    assert run.name.startswith("gen-w16-C")
+    result = laws.train_grid_run(run, context)
+    for batch in result["batches"]:  # every next token: the sums and counts of its families
+        assert set(batch) == {"diagnosis", "drug", "time", "other", "next_token"}
+        assert batch["next_token"][1] == sum(c for f, (_, c) in batch.items() if f != "next_token") > 0
+    total = sum(b["next_token"][0] for b in result["batches"]) / sum(b["next_token"][1] for b in result["batches"])
+    assert result["losses"]["next_token"] == pytest.approx(total) and result["losses"]["total"] == pytest.approx(total)
+    assert laws.train_grid_run(run, context)["batches"] == result["batches"]  # same run, same numbers
+    encoder = laws.train_grid_run(dataclasses.replace(run, objective="masked"), context)
+    assert "time" not in encoder["batches"][0] and "next_token" not in encoder["batches"][0]
+    # The decoder scores its whole vocabulary at every token: it costs more than the encoder at the same N and D.
+    assert laws.expected_cost(run, context) > laws.expected_cost(dataclasses.replace(run, objective="masked"), context)
+
+
+def test_generative_grid_sizes_must_be_on_the_ladder():
+    from claimsutil.config import LawsConfig
+
+    ladder = {"w16": {"n_layer": 2, "n_head": 1, "n_embd": 16, "lr": 0.01}}
+    with pytest.raises(ValueError, match="gen_sizes"):
+        LawsConfig(sizes=ladder, gen_budgets=(1e9,), gen_sizes=("w99",))
+    with pytest.raises(ValueError, match="gen_sizes"):
+        LawsConfig(sizes=ladder, gen_budgets=(1e9,))
+    assert LawsConfig(sizes=ladder, gen_budgets=(1e9,), gen_sizes=("w16",)).gen_sizes == ("w16",)
