@@ -276,7 +276,9 @@ class PretrainConfig:
     mask_rate: float = 0.15  # share of codes selected for prediction (BERT's 80/10/10 corruption)
     # Set by the stage: masked codes (pretrain@: the encoder) or next token (pretrain_gen@: the decoder).
     objective: Literal["masked", "next"] = stage_field("masked")
-    bf16: bool = False  # autocast to bfloat16 (CPU or CUDA, where supported); off for bitwise CPU results
+    # bf16 autocast of the Linears: true, false, or auto (where the device computes bf16 natively: CUDA with bf16,
+    # a CPU with AVX512-BF16 or AMX); the run's metrics record what ran. Either way bitwise-repeatable on a machine.
+    bf16: bool | Literal["auto"] = False
     eval_every: int = 40  # steps between validation evaluations (and at the last step)
     eval_tokens: int = 16384  # real tokens in the fixed validation sample (validation-split patients)
     checkpoint_every: int = 40  # steps between checkpoints (and at the last step)
@@ -375,6 +377,7 @@ class FinetuneConfig:
     workers: int = execution(2)  # processes running runs in parallel (never changes the results)
     device: Literal["auto", "cuda", "cpu"] = execution("auto")  # auto: CUDA when available
     num_threads: int = 1  # torch threads per process
+    bf16: bool | Literal["auto"] = False  # bf16 autocast of training and scoring, as `pretrain.bf16`
 
     def __post_init__(self) -> None:
         for key in ("batch_patients", "max_epochs", "patience", "max_len", "workers", "num_threads", "eval_tokens"):
@@ -524,7 +527,8 @@ def _type_name(hint: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     if origin in (typing.Union, types.UnionType):
         parts = [a for a in typing.get_args(hint) if a is not type(None)]
-        return " or ".join(_type_name(a) for a in parts) + " or null"
+        null = " or null" if type(None) in typing.get_args(hint) else ""
+        return " or ".join(_type_name(a) for a in parts) + null
     if origin is tuple:
         args = typing.get_args(hint)
         if len(args) == 2 and args[1] is Ellipsis:
@@ -561,11 +565,12 @@ def convert(value: Any, hint: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None:
             return None if type(None) in typing.get_args(hint) else fail()
-        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-        try:
-            return convert(value, inner, key)
-        except ParamsError:
-            fail()
+        for inner in [a for a in typing.get_args(hint) if a is not type(None)]:
+            try:
+                return convert(value, inner, key)
+            except ParamsError:
+                pass
+        fail()
     if origin is tuple:
         if not isinstance(value, list | tuple):
             fail()

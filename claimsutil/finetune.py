@@ -47,7 +47,7 @@ from claimsutil.batching import pack_rows, rows_to_tensors
 from claimsutil.cohort import read_labels, read_sample
 from claimsutil.config import EvaluationParams, FinetuneConfig
 from claimsutil.metrics import INITS
-from claimsutil.model import ClaimsEncoder, EncoderClassifier, ModelConfig
+from claimsutil.model import ClaimsEncoder, EncoderClassifier, ModelConfig, autocast_for, uses_bf16
 from claimsutil.splits import task_key
 
 # --------------------------------------------------------------------------------------------- samples
@@ -80,8 +80,9 @@ def device_for(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def predict_proba(model: EncoderClassifier, seqs: list[tok.Sequence], row_len: int, eval_tokens: int) -> np.ndarray:
-    """Probability of the outcome for each sequence (in the order given)."""
+def predict_proba(model: EncoderClassifier, seqs: list[tok.Sequence], row_len: int, eval_tokens: int,
+                  bf16: bool | str = False) -> np.ndarray:  # fmt: skip
+    """Probability of the outcome for each sequence (in the order given); BF16: as `FinetuneConfig.bf16`."""
     model.eval()
     out = np.empty(len(seqs), dtype=np.float64)
     lengths = np.array([len(s[0]) for s in seqs])
@@ -96,7 +97,9 @@ def predict_proba(model: EncoderClassifier, seqs: list[tok.Sequence], row_len: i
             chunk, start = [], 0
     for idx in bounds:
         batch, cls_patient = pack_batch([seqs[i] for i in idx], row_len)
-        out[idx[cls_patient]] = torch.sigmoid(_logits(model, batch).double()).cpu().numpy()
+        with autocast_for(model.head.weight.device, bf16):
+            logits = _logits(model, batch)
+        out[idx[cls_patient]] = torch.sigmoid(logits.double()).cpu().numpy()
     model.train()
     return out
 
@@ -148,13 +151,16 @@ def train_classifier(model: EncoderClassifier, train: tuple[list, np.ndarray], v
             idx = order[start : start + config.batch_patients]
             batch, cls_patient = pack_batch([seqs[i] for i in idx], row_len)
             target = torch.from_numpy(y[idx[cls_patient]].astype(np.float32)).to(model.head.weight.device)
-            loss = F.binary_cross_entropy_with_logits(_logits(model, batch), target)
+            with autocast_for(model.head.weight.device, config.bf16):
+                logits = _logits(model, batch)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             losses.append(float(loss.detach()))
-        val_auprc = float(average_precision_score(val[1], predict_proba(model, val[0], row_len, config.eval_tokens)))
+        val_probs = predict_proba(model, val[0], row_len, config.eval_tokens, config.bf16)
+        val_auprc = float(average_precision_score(val[1], val_probs))
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_auprc": val_auprc})
         if val_auprc > best["auprc"]:
             best = {"auprc": val_auprc, "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
@@ -187,8 +193,10 @@ def run_one(run: Run, data: dict[str, Any], model_path: str, config: FinetuneCon
     model = build_classifier(model_config, family, state if run.init == "pretrained" else None, config, seed)
     model.to(device_for(config.device))
     record = train_classifier(model, data["train"], data["val"], config, seed)
-    probs = predict_proba(model, data["test"], min(config.max_len, model_config.max_len), config.eval_tokens)
-    record |= {"wall_time_s": time.perf_counter() - t0, "train_patients": len(data["train"][0])}
+    probs = predict_proba(model, data["test"], min(config.max_len, model_config.max_len), config.eval_tokens,
+                          config.bf16)  # fmt: skip
+    precision = "bf16" if uses_bf16(model.head.weight.device, config.bf16) else "fp32"
+    record |= {"wall_time_s": time.perf_counter() - t0, "train_patients": len(data["train"][0]), "precision": precision}
     return {"run": run, "probs": probs, "record": record}
 
 
@@ -296,6 +304,7 @@ def metrics_summary(results: dict[str, Any], wall_time_s: float) -> dict[str, An
             for init, by_budget in entry["results"].items()
         }
     summary["runs"] = sum(len(e["runs"]) for e in results.values())
+    summary["precision"] = sorted({r["precision"] for e in results.values() for r in e["runs"]})
     return summary
 
 

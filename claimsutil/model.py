@@ -20,6 +20,7 @@ learned visit embedding (`max_visits` > 0, off in the presets as in the referenc
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -416,6 +417,28 @@ def masking(
     corrupted = torch.where(positions & (v >= 0.8) & (v < 0.9), ids[pick], corrupted)  # (B, T)
     targets = torch.where(positions, tokens, -100)  # (B, T)
     return corrupted, positions, targets
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether DEVICE computes bf16 matmuls natively: CUDA with bf16, a CPU with AVX512-BF16 or AMX (elsewhere
+    bf16 is emulated, slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def uses_bf16(device: torch.device, bf16: bool | str) -> bool:
+    """The precision a run takes: BF16 true, false or "auto" (bf16 where `native_bf16`)."""
+    if bf16 == "auto":
+        return native_bf16(device)
+    return bool(bf16) and (device.type != "cuda" or torch.cuda.is_bf16_supported())
+
+
+def autocast_for(device: torch.device, bf16: bool | str):
+    """bf16 autocast on DEVICE when `uses_bf16`, else nothing."""
+    if not uses_bf16(device, bf16):
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):

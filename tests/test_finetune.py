@@ -17,7 +17,7 @@ from claimsutil import splits as sp
 from claimsutil import tokenize as tok
 from claimsutil import train as tr
 from claimsutil.config import CohortParams, EvaluationParams, FinetuneConfig, SynthParams, build_section
-from claimsutil.model import ClaimsEncoder, EncoderClassifier, config_for
+from claimsutil.model import ClaimsEncoder, EncoderClassifier, config_for, uses_bf16
 from claimsutil.synth import generate
 
 ROW_LEN = 128
@@ -165,6 +165,24 @@ def test_finetune_scale_learns_and_is_the_same_with_workers(study, tmp_path):
     assert len(runs) == 4 and all(1 <= r["best_epoch"] <= r["epochs"] <= CONFIG.max_epochs for r in runs)
     summary = ft.metrics_summary(one, 1.0)
     assert summary["runs"] == 4 and set(summary["planted"]["scratch"]["20"]) == {"auprc", "auroc"}
+    assert summary["precision"] == ["fp32"]  # CONFIG: bf16 false
+
+
+def test_bf16_fine_tuning_learns_repeats_and_says_so(study, tmp_path, monkeypatch):
+    """bf16 autocast (forced: this CPU may lack native bf16) learns the planted code as fp32 does, gives the same
+    numbers twice, and the runs record it; "auto" on a CPU without native bf16 stays fp32."""
+    config = replace(CONFIG, bf16=True)
+    runs = [ft.finetune_scale(study["store"], study["cohort"], study["model"], ["planted"], config,
+                              tmp_path / name, EVALUATION, progress=False) for name in ("a", "b")]  # fmt: skip
+    assert runs[0]["planted"]["results"] == runs[1]["planted"]["results"]
+    result = runs[0]["planted"]["results"]
+    assert max(result[i]["60"]["auprc"]["point"] for i in ft.INITS) > study["prevalence"] + 0.2
+    assert ft.metrics_summary(runs[0], 1.0)["precision"] == ["bf16"]
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not uses_bf16(torch.device("cpu"), "auto") and uses_bf16(torch.device("cpu"), True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert uses_bf16(torch.device("cpu"), "auto") and not uses_bf16(torch.device("cpu"), False)
 
 
 def test_pretrained_runs_start_from_the_pretrained_weights(study):

@@ -260,6 +260,10 @@ def test_token_rule_gives_each_scale_tokens_by_its_size_within_floor_and_cap():
         build_section(PretrainConfig, "pretrain", {"max_steps": -1})
     with pytest.raises(ParamsError, match="max_tokens = 5 must be >= min_tokens"):
         build_section(PretrainConfig, "pretrain", {"max_steps": 0, "max_tokens": 5})
+    assert build_section(PretrainConfig, "pretrain", {"bf16": "auto"}).bf16 == "auto"
+    assert build_section(PretrainConfig, "pretrain", {"bf16": True}).bf16 is True
+    with pytest.raises(ParamsError, match=r"bf16 = 'fast' must be a boolean \(true or false\) or one of 'auto'$"):
+        build_section(PretrainConfig, "pretrain", {"bf16": "fast"})
 
 
 def test_forked_processes_are_torchrun_bit_for_bit(store, tmp_path):

@@ -26,7 +26,7 @@ import polars as pl
 from threadpoolctl import threadpool_limits
 
 from claimsutil.config import CohortParams, EvaluationParams, SynthParams
-from claimsutil.metrics import evaluate, evaluate_on_sample, predictions_frame, write_predictions
+from claimsutil.metrics import evaluate_on_sample, predictions_frame, write_predictions
 from claimsutil.synth import catalog
 from claimsutil.synth import tail as tail_catalog
 from claimsutil.synth.simulate import AcuteArrays, BlockSimulator, ConditionArrays, Replay, unpack_bits
@@ -250,14 +250,18 @@ def outcome_probabilities(
 
 
 def task_predictions(truth_dir: str | Path, cohorts: dict, splits: pl.DataFrame, replicates: int, seed: int,
-                     workers: int = 1) -> dict:  # fmt: skip
+                     workers: int = 1, samples: dict[str, dict] | None = None) -> dict:  # fmt: skip
     """Test-split predictions of the oracle for every task of COHORTS (`claimsutil.cohort.TaskCohort` by
-    name); {} when there is no ground truth (user data). Every task's index months share one pool of WORKERS."""
+    name), only of each task's evaluation sample when SAMPLES is given (`claimsutil.cohort.task_samples`);
+    {} when there is no ground truth (user data). Every task's index months share one pool of WORKERS."""
     if not (Path(truth_dir) / "hazards").is_dir():
         return {}
     tests, asks = {}, []
     for name, c in cohorts.items():
         tests[name] = c.labels.join(splits.filter(pl.col("split") == "test"), on="subject_id")
+        if samples is not None:
+            tests[name] = tests[name].join(samples[name]["evaluation"].select("subject_id"), on="subject_id",
+                                           how="semi")  # fmt: skip
         query = _Query(tuple(c.spec.outcome), c.spec.horizon_days, c.spec.suspected == "include", replicates, seed)
         asks.append((tests[name], query))
     out = {}
@@ -271,16 +275,16 @@ def task_predictions(truth_dir: str | Path, cohorts: dict, splits: pl.DataFrame,
 
 def score_tasks(truth_dir: str | Path, cohorts: dict, splits: pl.DataFrame, params: CohortParams,
                 out_dir: str | Path, samples: dict[str, dict],
-                evaluation: EvaluationParams) -> tuple[dict[str, dict], dict[str, dict]]:  # fmt: skip
-    """The oracle's predictions of every task's whole test split, written to OUT_DIR/<task>.parquet, and their
-    metrics on the task's evaluation sample (SAMPLES, `claimsutil.cohort.task_samples`: the number every model
-    gets) and on the whole test split (the check of the sample). ({}, {}) without ground truth (user data)."""
-    predictions = task_predictions(truth_dir, cohorts, splits, params.oracle_replicates, params.seed, params.workers)
-    on_sample, whole = {}, {}
+                evaluation: EvaluationParams) -> dict[str, dict]:  # fmt: skip
+    """The oracle's predictions of every task's evaluation sample (SAMPLES, `claimsutil.cohort.task_samples`:
+    the patients every model is scored on), written to OUT_DIR/<task>.parquet, and their metrics there, weighted
+    as every model's are. {} without ground truth (user data). The sample's check against the whole test split
+    is LightGBM's (`claimsutil.baseline`): replaying every test patient's futures costs four times as long."""
+    predictions = task_predictions(truth_dir, cohorts, splits, params.oracle_replicates, params.seed, params.workers,
+                                   samples)  # fmt: skip
+    on_sample = {}
     for name, frame in predictions.items():
         write_predictions(frame, Path(out_dir) / f"{name}.parquet")
-        sample = samples[name]["evaluation"]
         how = {"n_resamples": evaluation.n_resamples, "seed": evaluation.seed, "alpha": evaluation.alpha}
-        on_sample[name] = evaluate_on_sample(frame, sample, **how)
-        whole[name] = evaluate(frame, **how)
-    return on_sample, whole
+        on_sample[name] = evaluate_on_sample(frame, samples[name]["evaluation"], **how)
+    return on_sample

@@ -48,7 +48,16 @@ from tqdm import tqdm
 from claimsutil import tokenize as tok
 from claimsutil.batching import PackedRows, epoch_order, pack_rows
 from claimsutil.config import PretrainConfig, execution_fields
-from claimsutil.model import PAD_ID, SPECIAL, ClaimsDecoder, ClaimsEncoder, ModelConfig, masking
+from claimsutil.model import (
+    PAD_ID,
+    SPECIAL,
+    ClaimsDecoder,
+    ClaimsEncoder,
+    ModelConfig,
+    autocast_for,
+    masking,
+    uses_bf16,
+)
 from claimsutil.timeline import GEN_FAMILIES, Timeline
 
 __all__ = [
@@ -105,14 +114,6 @@ def make_optimizer(model: ClaimsEncoder, config: PretrainConfig) -> torch.optim.
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     # foreach: the same numbers as the per-parameter loop (bitwise on CPU), 20% less optimizer time
     return torch.optim.AdamW(groups, lr=learning_rate(0, config), betas=config.betas, foreach=True)
-
-
-def autocast_for(device: torch.device, bf16: bool):
-    if not bf16:
-        return nullcontext()
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def masked_step_losses(model, batch: dict[str, torch.Tensor], corrupted, positions, targets, totals, device):
@@ -610,6 +611,7 @@ def _metrics(run: Run, model: ClaimsEncoder, state: RunState) -> dict[str, Any]:
         "steps": state.step,
         "tokens_per_step": run.config.tokens_per_step,
         "world_size": run.world,
+        "precision": "bf16" if uses_bf16(run.device, run.config.bf16) else "fp32",
         "final_train_loss": state.history[-1]["train_loss"] if state.history else None,
         "objective": run.config.objective,
         "final_val_loss": {
