@@ -320,6 +320,7 @@ SCALE_KEYS = (
     "tokens_per_parameter",
     "min_tokens",
     "max_tokens",
+    "bf16",
 )
 
 

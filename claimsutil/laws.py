@@ -572,13 +572,15 @@ GEN_OBJECTIVE = ("next_token",)  # the decoder's fitted loss: the mean cross-ent
 
 
 def grid_context(store_dir: str, splits_dir: str, sizes: dict[str, dict], pretrain: dict, eval_tokens: int,
-                 warmup_share: float, vocab_size: int, max_len: int) -> dict:  # fmt: skip
+                 warmup_share: float, vocab_size: int, max_len: int, generative: dict | None = None
+                 ) -> dict:  # fmt: skip
     """What `train_grid_run` needs, as plain JSON (a cached run is reused only for the same context):
     SIZES name -> {n_layer, n_head, n_embd, lr}; PRETRAIN: `pretrain` keys shared by every run; VOCAB_SIZE
-    and MAX_LEN: the token store's (the encoder's vocabulary; the decoder's adds the time tokens)."""
+    and MAX_LEN: the token store's (the encoder's vocabulary; the decoder's adds the time tokens); GENERATIVE:
+    the `generative` section's overrides, which decoder runs take as the pretrain_gen stages do."""
     return {"store_dir": store_dir, "splits_dir": splits_dir, "sizes": sizes, "pretrain": pretrain,
             "eval_tokens": eval_tokens, "warmup_share": warmup_share, "vocab_size": vocab_size,
-            "max_len": max_len}  # fmt: skip
+            "max_len": max_len, "generative": dict(generative or {})}  # fmt: skip
 
 
 def grid_parameters(sizes: dict[str, dict], vocab_size: int, max_len: int, objective: str = "masked"
@@ -641,7 +643,7 @@ def study_grid(params, store_dir: str | Path, splits_dir: str | Path, models_dir
     shared = {f.name: getattr(params.pretrain, f.name) for f in dataclasses.fields(params.pretrain)
               if f.name not in execution_fields(type(params.pretrain))}  # fmt: skip
     context = grid_context(str(store_dir), str(splits_dir), sizes, shared, config.eval_tokens, config.warmup_share,
-                           vocab_size, max_len)  # fmt: skip
+                           vocab_size, max_len, params.generative)  # fmt: skip
     sweep = plan_lr_sweep(params, parameters, models_dir)
     return StudyGrid(plan, sweep, generative, sizes, json.loads(json.dumps(context)))
 
@@ -800,6 +802,8 @@ def train_grid_run(run: GridRun, context: dict) -> dict:
             "model_md5": _md5(Path(run.model_dir) / "model.pt"),
         }
     config = PretrainConfig(**{**context["pretrain"], "betas": tuple(context["pretrain"]["betas"])})
+    if run.objective == "next":  # the generative section's overrides (its token bounds do not apply: max_steps)
+        config = dataclasses.replace(config, **context.get("generative", {}))
     warmup = run.warmup_steps if run.warmup_steps >= 0 else max(1, round(context["warmup_share"] * run.steps))
     lr = float(size["lr"]) * run.lr_scale
     config = dataclasses.replace(config, lr=lr, min_lr=lr * config.min_lr / config.lr, max_steps=run.steps,
@@ -813,7 +817,7 @@ def train_grid_run(run: GridRun, context: dict) -> dict:
         saved = torch.load(Path(tmp) / "model.pt", map_location="cpu", weights_only=False)
     return _score(saved, model_config, store, validation, context, run.objective) | {
         "wall_s": metrics["wall_time_s"], "tokens_seen": metrics["tokens_seen"],
-        "final_train_loss": metrics["final_train_loss"]}  # fmt: skip
+        "final_train_loss": metrics["final_train_loss"], "precision": metrics["precision"]}  # fmt: skip
 
 
 def _score(saved: dict, model_config, store, validation, context: dict, objective: str = "masked") -> dict:

@@ -218,10 +218,11 @@ def _context(small_store: dict) -> dict:
     from claimsutil.tokenize import TokenStore
 
     sizes = {"w16": {"n_layer": 1, "n_head": 1, "n_embd": 16, "lr": 0.01}}
-    pretrain = {k: v for k, v in dataclasses.asdict(PretrainConfig()).items() if k not in ("device", "processes")}
+    shared = dataclasses.asdict(PretrainConfig(bf16=True))
+    pretrain = {k: v for k, v in shared.items() if k not in ("device", "processes")}
     store = TokenStore(small_store["store"])
     return laws.grid_context(small_store["store"], small_store["splits"], sizes, pretrain, 2048, 0.1,
-                             len(store.vocab.tokens), store.config.max_len)  # fmt: skip
+                             len(store.vocab.tokens), store.config.max_len, {"bf16": False})  # fmt: skip
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -239,6 +240,8 @@ def test_grid_runs_train_the_decoder_by_next_token_and_score_every_next_token(sm
     assert laws.train_grid_run(run, context)["batches"] == result["batches"]  # same run, same numbers
     encoder = laws.train_grid_run(dataclasses.replace(run, objective="masked"), context)
     assert "time" not in encoder["batches"][0] and "next_token" not in encoder["batches"][0]
+    # Decoder runs take the generative section's overrides, as the pretrain_gen stages do (here: fp32).
+    assert result["precision"] == "fp32" and encoder["precision"] == "bf16"
     # The decoder scores its whole vocabulary at every token: it costs more than the encoder at the same N and D.
     assert laws.expected_cost(run, context) > laws.expected_cost(dataclasses.replace(run, objective="masked"), context)
 
