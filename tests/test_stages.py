@@ -181,6 +181,8 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebooks_are_thin_and_committed_without_outputs(path):
     nb = json.loads(path.read_text(encoding="utf-8"))
+    ids = [c.get("id") for c in nb["cells"]]  # nbformat 4.5: every cell has a unique id (else a warning every run)
+    assert all(ids) and len(set(ids)) == len(ids), f"{path.name}: cells without a unique id"
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert code and "parameters" in code[0].get("metadata", {}).get("tags", []), f"{path.name}: no parameters cell"
     for i, cell in enumerate(code):
