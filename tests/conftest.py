@@ -13,6 +13,30 @@ from pathlib import Path
 import pytest
 
 
+def small_world(root: Path, patients: int, seed: int, max_len: int | None = None) -> dict:
+    """A small built-in world under ROOT as the pipeline lays it out: meds/ (and meds_truth/), splits/splits.parquet
+    and tokens/ (the vocabulary of the train and validation patients). Returns the paths, the splits frame and
+    the vocabulary size."""
+    from claimsutil import splits as sp
+    from claimsutil import tokenize as tok
+    from claimsutil.config import CohortParams, SynthParams
+    from claimsutil.synth import generate
+
+    meds = root / "meds"
+    block = patients // 2
+    generate(SynthParams(patients=patients, seed=seed, block_size=block, shard_size=patients, workers=1), meds,
+             root / "meds_truth", progress=False)  # fmt: skip
+    splits = sp.build_splits(meds, CohortParams())[0]
+    (root / "splits").mkdir(exist_ok=True)
+    splits.write_parquet(root / "splits" / sp.SPLITS_FILE)
+    ids = splits.filter(splits["split"].is_in(["train", "validation"]))["subject_id"].to_numpy()
+    config = tok.TokenizeConfig() if max_len is None else tok.TokenizeConfig(max_len=max_len)
+    vocab = tok.build_vocabulary(meds, ids, config)
+    tok.build_store(meds, vocab, root / "tokens", config)
+    return {"meds": meds, "splits_dir": root / "splits", "splits_file": root / "splits" / sp.SPLITS_FILE,
+            "splits": splits, "tokens": root / "tokens", "vocab_size": len(vocab.tokens)}  # fmt: skip
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread: the machine has 2 cores shared with other work, and oversubscription is 10x slower."""

@@ -10,13 +10,12 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from conftest import small_world
 
 from claimsutil import generate as g
-from claimsutil import splits as sp
 from claimsutil import tokenize as tok
-from claimsutil.config import CohortParams, SynthParams, TaskSpec, ZeroShotConfig
+from claimsutil.config import TaskSpec, ZeroShotConfig
 from claimsutil.model import PAD_ID, ClaimsDecoder, config_for
-from claimsutil.synth import generate as synthesize
 from claimsutil.timeline import TIME_BINS, Timeline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,14 +24,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A small synthetic world, its token store and timelines, and an untrained decoder saved as model.pt."""
-    out = tmp_path_factory.mktemp("zeroshot") / "meds"
-    synthesize(SynthParams(patients=400, seed=3, block_size=200, shard_size=400, workers=1), out,
-               out.with_name("meds_truth"), progress=False)  # fmt: skip
-    splits = sp.build_splits(out, CohortParams())[0]
-    ids = splits.filter(pl.col("split").is_in(["train", "validation"]))["subject_id"].to_numpy()
-    vocab = tok.build_vocabulary(out, ids, tok.TokenizeConfig())
-    tok.build_store(out, vocab, out.with_name("tokens"), tok.TokenizeConfig())
-    timeline = Timeline(tok.TokenStore(out.with_name("tokens")))
+    built = small_world(tmp_path_factory.mktemp("zeroshot"), patients=400, seed=3)
+    out = built["meds"]
+    timeline = Timeline(tok.TokenStore(built["tokens"]))
     torch.manual_seed(0)
     cfg = config_for("demo", "xs", vocab_size=timeline.vocab_size, max_len=128)
     model = ClaimsDecoder(cfg, torch.as_tensor(timeline.family_ids))

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from conftest import small_world
 
 from claimsutil import laws
 
@@ -196,21 +197,8 @@ def test_an_exponent_at_its_bound_is_called_degenerate_and_its_optimum_is_not_re
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A small synthetic world's token store and splits, as the scaling-law stage reads them."""
-    from claimsutil import splits as sp
-    from claimsutil import tokenize as tok
-    from claimsutil.config import CohortParams, SynthParams
-    from claimsutil.synth import generate as synthesize
-
-    out = tmp_path_factory.mktemp("laws") / "meds"
-    synthesize(SynthParams(patients=300, seed=5, block_size=150, shard_size=300, workers=1), out,
-               out.with_name("meds_truth"), progress=False)  # fmt: skip
-    splits = sp.build_splits(out, CohortParams())[0]
-    (out.parent / "splits").mkdir()
-    splits.write_parquet(out.parent / "splits" / sp.SPLITS_FILE)
-    ids = splits.filter(pl.col("split").is_in(["train", "validation"]))["subject_id"].to_numpy()
-    config = tok.TokenizeConfig(max_len=128)
-    tok.build_store(out, tok.build_vocabulary(out, ids, config), out.with_name("tokens"), config)
-    return {"store": str(out.with_name("tokens")), "splits": str(out.parent / "splits")}
+    world = small_world(tmp_path_factory.mktemp("laws"), patients=300, seed=5, max_len=128)
+    return {"store": str(world["tokens"]), "splits": str(world["splits_dir"])}
 
 
 def _context(small_store: dict) -> dict:

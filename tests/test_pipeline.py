@@ -184,17 +184,25 @@ def test_scaling_laws_stage_fits_the_grid_and_sweeps_the_learning_rate(tiny_stud
     copy, _, _ = tiny_study
     params = load_params(copy / "params.yaml")
     runs = pl.read_parquet(copy / "data" / "laws" / "runs.parquet")
-    grid = runs.filter(~pl.col("size").str.starts_with("scale-"))
-    assert sorted(set(grid["budget"])) == sorted(params.laws.budgets)
-    assert all(n >= 3 for n in grid.group_by("budget").len()["len"])  # every budget shows a profile
-    assert ((6 * grid["parameters"] * grid["tokens"] / grid["budget"] - 1).abs() < 0.1).all()  # C = 6ND
+    decoder = runs.filter(pl.col("run").str.starts_with("gen-"))
+    grid = runs.filter(~pl.col("size").str.starts_with("scale-") & ~pl.col("run").str.starts_with("gen-"))
+    for runs_of, budgets in ((grid, params.laws.budgets), (decoder, params.laws.gen_budgets)):
+        assert sorted(set(runs_of["budget"])) == sorted(budgets)
+        assert all(n >= 3 for n in runs_of.group_by("budget").len()["len"])  # every budget shows a profile
+        assert ((6 * runs_of["parameters"] * runs_of["tokens"] / runs_of["budget"] - 1).abs() < 0.1).all()  # C = 6ND
+    assert set(decoder["size"]) <= set(params.laws.gen_sizes) and decoder["loss_next_token"].is_finite().all()
     laws_dir = copy / "reports" / "laws"
-    for name in ("grid", "law_parameters", "compute_optimal", "published_comparison", "study_budgets", "lr_sweep"):
+    for name in ("grid", "law_parameters", "compute_optimal", "published_comparison", "study_budgets", "lr_sweep",
+                 "grid_generative", "law_parameters_both", "compute_optimal_generative"):  # fmt: skip
         assert (laws_dir / f"{name}.md").is_file() and (laws_dir / f"{name}.csv").is_file(), name
+    assert (laws_dir / "isoflop_generative.png").is_file()
     sweep = pl.read_csv(laws_dir / "lr_sweep.csv")
     assert sweep["chosen"].sum() == len(params.laws.lr_sweep_scales) and (sweep["excess_percent"] >= 0).all()
     m = json.loads((copy / "data" / "metrics" / "laws.json").read_text())
     assert m["runs"] == grid.height and m["alpha"] >= 0 and m["beta"] >= 0 and m["frequency_baseline"] > 0
+    g = m["generative"]  # the decoder's fit, beside its own frequency baseline (the unigram of the timelines)
+    assert g["runs"] == decoder.height and g["budgets"] == len(params.laws.gen_budgets)
+    assert g["frequency_baseline"] > decoder["loss_next_token"].min() > 0
     t1 = pl.read_csv(copy / "reports" / "tables" / "table1_models.csv")
     below = t1["baseline_diagnosis"] - t1["val_loss_diagnosis"]
     assert ((t1["below_baseline_diagnosis"] - below).abs() < 1e-5).all()

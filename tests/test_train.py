@@ -15,14 +15,13 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from conftest import small_world
 
-from claimsutil import splits as sp
 from claimsutil import tokenize as tok
 from claimsutil import train as tr
 from claimsutil.batching import PackedRows
-from claimsutil.config import CohortParams, ParamsError, PretrainConfig, SynthParams, build_section
+from claimsutil.config import ParamsError, PretrainConfig, build_section
 from claimsutil.model import PAD_ID, ClaimsDecoder, ClaimsEncoder, ModelConfig, config_for
-from claimsutil.synth import generate
 from claimsutil.timeline import TIME_BINS
 from claimsutil.train.__main__ import main as train_cli
 
@@ -45,24 +44,17 @@ CONFIG = tr.PretrainConfig(
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    out = tmp_path_factory.mktemp("train") / "meds"
-    generate(SynthParams(patients=600, seed=1, block_size=300, shard_size=600, workers=1), out,
-             out.with_name("meds_truth"), progress=False)  # fmt: skip
-    splits = sp.build_splits(out, CohortParams())[0]
-    splits_path = out.with_name("splits.parquet")
-    splits.write_parquet(splits_path)
-    ids = splits.filter(pl.col("split").is_in(["train", "validation"]))["subject_id"].to_numpy()
-    vocab = tok.build_vocabulary(out, ids, tok.TokenizeConfig())
-    store_dir = out.with_name("tokens")
-    tok.build_store(out, vocab, store_dir, tok.TokenizeConfig())
+    world = small_world(tmp_path_factory.mktemp("train"), patients=600, seed=1)
+    splits, vocab_size = world["splits"], world["vocab_size"]
+    store_dir, splits_path = world["tokens"], world["splits_file"]
     return {
         "dir": store_dir,
         "splits": splits_path,
         "train": splits.filter(pl.col("split") == "train")["subject_id"].to_numpy(),
         "val": splits.filter(pl.col("split") == "validation")["subject_id"].to_numpy(),
-        "model": config_for("demo", "xs", vocab_size=len(vocab.tokens), max_len=ROW_LEN),
+        "model": config_for("demo", "xs", vocab_size=vocab_size, max_len=ROW_LEN),
         # the decoder's vocabulary adds the time tokens
-        "model_next": config_for("demo", "xs", vocab_size=len(vocab.tokens) + len(TIME_BINS), max_len=ROW_LEN),
+        "model_next": config_for("demo", "xs", vocab_size=vocab_size + len(TIME_BINS), max_len=ROW_LEN),
     }
 
 
@@ -264,6 +256,13 @@ def test_token_rule_gives_each_scale_tokens_by_its_size_within_floor_and_cap():
     assert build_section(PretrainConfig, "pretrain", {"bf16": True}).bf16 is True
     with pytest.raises(ParamsError, match=r"bf16 = 'fast' must be a boolean \(true or false\) or one of 'auto'$"):
         build_section(PretrainConfig, "pretrain", {"bf16": "fast"})
+    # The command line (what torchrun's processes are given) reads every value back: true, false and auto.
+    from claimsutil.train.__main__ import _parser, config_from_args
+
+    base = ["--store", "s", "--splits", "p", "--out", "o", "--scale", "xs"]
+    for value in (True, False, "auto"):
+        args = _parser().parse_args(base + tr.config_options(replace(CONFIG, bf16=value)))
+        assert config_from_args(args) == replace(CONFIG, bf16=value)
 
 
 def test_forked_processes_are_torchrun_bit_for_bit(store, tmp_path):

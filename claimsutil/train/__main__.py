@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import sys
+import types
 import typing
 from dataclasses import replace
 
@@ -43,8 +44,8 @@ def _value(text: str, hint) -> object:
     origin = typing.get_origin(hint)
     if origin is tuple:
         return [float(v) for v in text.split(",")]
-    if hint is bool:
-        return {"true": True, "false": False}.get(text.lower(), text)
+    if hint is bool or (origin in (typing.Union, types.UnionType) and bool in typing.get_args(hint)):
+        return {"true": True, "false": False}.get(text.lower(), text)  # `bool | "auto"`: "auto" stays text
     for cast in (int, float):
         try:
             return cast(text)
