@@ -590,18 +590,13 @@ def grid_parameters(sizes: dict[str, dict], vocab_size: int, max_len: int, objec
     import torch
 
     from claimsutil.model import ModelConfig
+    from claimsutil.train.launch import vocab_size_for
     from claimsutil.train.loop import MODELS
 
-    vocab_size = _vocab_size(vocab_size, objective)
+    vocab_size = vocab_size_for(vocab_size, objective)
     family = torch.zeros(vocab_size, dtype=torch.long)
     return {name: MODELS[objective](ModelConfig(vocab_size=vocab_size, max_len=max_len, **_shape(shape)),
                                     family).get_num_params() for name, shape in sizes.items()}  # fmt: skip
-
-
-def _vocab_size(store_vocab: int, objective: str) -> int:
-    from claimsutil.timeline import TIME_BINS
-
-    return store_vocab + (len(TIME_BINS) if objective == "next" else 0)
 
 
 def _shape(size: dict) -> dict[str, int]:
@@ -783,13 +778,14 @@ def train_grid_run(run: GridRun, context: dict) -> dict:
     from claimsutil.model import ModelConfig
     from claimsutil.splits import read_splits, subject_ids
     from claimsutil.tokenize import TokenStore
+    from claimsutil.train.launch import vocab_size_for
     from claimsutil.train.loop import pretrain
 
     torch.set_num_threads(1)
     size = context["sizes"][run.size]
     store = TokenStore(context["store_dir"])
     splits = read_splits(context["splits_dir"])
-    vocab_size = _vocab_size(len(store.vocab.tokens), run.objective)
+    vocab_size = vocab_size_for(len(store.vocab.tokens), run.objective)
     model_config = ModelConfig(vocab_size=vocab_size, max_len=store.config.max_len, **_shape(size))
     validation = subject_ids(splits, ("validation",))
     if run.model_dir:

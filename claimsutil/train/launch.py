@@ -153,8 +153,13 @@ def pretrain_processes(store_dir: str | Path, splits_path: str | Path, out_dir: 
 def model_config(config: PretrainConfig, scale: str, store) -> ModelConfig:
     """The model of SCALE in config.profile's presets, sized to the token store (vocabulary, max_len); the
     decoder's vocabulary adds the time tokens (`claimsutil.timeline`)."""
-    vocab_size = len(store.vocab.tokens) + (len(TIME_BINS) if config.objective == "next" else 0)
-    return config_for(config.profile, scale, vocab_size=vocab_size, max_len=store.config.max_len)
+    return config_for(config.profile, scale, vocab_size=vocab_size_for(len(store.vocab.tokens), config.objective),
+                      max_len=store.config.max_len)  # fmt: skip
+
+
+def vocab_size_for(store_vocab: int, objective: str) -> int:
+    """The model's vocabulary for OBJECTIVE on a store of STORE_VOCAB tokens: the decoder's adds the time tokens."""
+    return store_vocab + (len(TIME_BINS) if objective == "next" else 0)
 
 
 def with_token_budget(config: PretrainConfig, model: ModelConfig) -> PretrainConfig:
