@@ -10,6 +10,12 @@ horizon. Per patient and task:
    whatever the sharding. The draw looks only at the past, never at when the outcome happens.
 3. The prediction time is the midnight after the index receipt: models see every record up to and including
    the index visit (for MEDS, "up to and including prediction_time"; for our features, "strictly before").
+   A task with a `population` (params.yaml `tasks.<name>.population`) draws only among receipts at which the
+   patient belongs to it, judged on the past alone: a confirmed record of one of `prior_codes` before the
+   prediction time, the age at the prediction time, the patient's sex and hospital. A patient with observed
+   receipts but none inside the population -> excluded, "outside_population" (a patient diagnosed with diabetes
+   only after every receipt that could be their index is not in a diabetes population). Age needs a MEDS_BIRTH
+   record: without one the patient is outside an age-restricted population.
 4. Washout: an outcome record (confirmed, plus suspected-only ones when `washout_suspected`) before the
    prediction time -> excluded, "prior_outcome".
 5. Label: an outcome record in [prediction time, prediction time + horizon). No outcome and coverage ending
@@ -31,11 +37,21 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from claimsutil.config import CohortParams, TaskSpec
-from claimsutil.meds import Events, clinical, coverage_periods, open_events, starts_with_any
+from claimsutil.config import CohortParams, Population, TaskSpec
+from claimsutil.meds import (
+    BIRTH_CODE,
+    HOSPITAL_PREFIX,
+    SEX_CODES,
+    Events,
+    clinical,
+    coverage_periods,
+    open_events,
+    starts_with_any,
+)
 from claimsutil.splits import SPLITS, task_key, uniform_hash
 
-EXCLUSIONS = ("insufficient_observation", "prior_outcome", "censored")
+EXCLUSIONS = ("insufficient_observation", "outside_population", "prior_outcome", "censored")
+DAYS_PER_YEAR = 365.25
 ONE_DAY = dt.timedelta(days=1)
 
 
@@ -60,6 +76,46 @@ def _first_outcomes(lf: pl.LazyFrame, spec: TaskSpec) -> pl.LazyFrame:
             first_any=pl.col("time").min(),
         )
     )
+
+
+def _population_attributes(lf: pl.LazyFrame, population: Population) -> pl.DataFrame:
+    """Per subject, what a population is judged on: birth time, sex, hospital and the first confirmed record
+    of the population's prior codes (null where absent)."""
+    code = pl.col("code")
+    prior = (starts_with_any(population.prior_codes) & ~pl.col("suspected") & pl.col("time").is_not_null()
+             if population.prior_codes else pl.lit(False))  # fmt: skip
+    return (
+        lf.group_by("subject_id")
+        .agg(
+            birth=pl.col("time").filter(code == BIRTH_CODE).min(),
+            sex=code.filter(code.is_in(list(SEX_CODES))).first().replace_strict(SEX_CODES, default=None),
+            hospital=code.filter(code.str.starts_with(HOSPITAL_PREFIX)).min().str.strip_prefix(HOSPITAL_PREFIX),
+            first_prior=pl.col("time").filter(prior).min(),
+        )
+        .collect()
+    )
+
+
+def hospital_names(population: Population) -> list[str]:
+    """The population's hospitals as the splits name them (HOSPITAL/H03 and H03 both mean H03)."""
+    return [h.removeprefix(HOSPITAL_PREFIX) for h in population.hospitals]
+
+
+def in_population(population: Population) -> pl.Expr:
+    """True for a candidate receipt (with `prediction_time` and `_population_attributes`) inside POPULATION."""
+    keep = pl.lit(True)
+    if population.prior_codes:
+        keep &= (pl.col("first_prior") < pl.col("prediction_time")).fill_null(False)
+    age = (pl.col("prediction_time") - pl.col("birth")).dt.total_days() / DAYS_PER_YEAR
+    if population.min_age is not None:
+        keep &= (age >= population.min_age).fill_null(False)
+    if population.max_age is not None:
+        keep &= (age < population.max_age).fill_null(False)
+    if population.sex is not None:
+        keep &= (pl.col("sex") == population.sex).fill_null(False)
+    if population.hospitals:
+        keep &= pl.col("hospital").is_in(hospital_names(population)).fill_null(False)
+    return keep
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -95,10 +151,18 @@ def _shard_cohort(
         (pl.col("time") - pl.col("start") >= dt.timedelta(days=spec.min_prior_days))
         & (pl.col("prediction_time") + horizon <= end_of_data)
     )
+    outside = observed.select("subject_id").unique()
+    if spec.population.restricted:
+        attributes = _population_attributes(lf, spec.population)
+        observed = observed.join(attributes, on="subject_id", how="left").filter(in_population(spec.population))
+        outside = outside.join(observed.select("subject_id").unique(), on="subject_id", how="anti")
+    else:
+        outside = outside.clear()
     # The index is drawn among receipts that qualify on the past alone: drawing only among receipts before the
     # outcome would let the future choose the index.
     candidates = (
-        observed.join(_first_outcomes(lf, spec).collect(), on="subject_id", how="left")
+        observed.select("subject_id", "time", "start", "end", "prediction_time")
+        .join(_first_outcomes(lf, spec).collect(), on="subject_id", how="left")
         .sort("subject_id", "time")
         .with_columns(rank=pl.int_range(pl.len()).over("subject_id"), n=pl.len().over("subject_id"))
     )
@@ -120,7 +184,9 @@ def _shard_cohort(
         .then(pl.lit("censored"))
         .otherwise(pl.lit("included"))
     )
-    status = subjects.join(chosen.select("subject_id", status=status), on="subject_id", how="left").with_columns(
+    outside = outside.with_columns(status=pl.lit("outside_population"))
+    status = pl.concat([chosen.select("subject_id", status=status), outside])
+    status = subjects.join(status, on="subject_id", how="left").with_columns(
         pl.col("status").fill_null("insufficient_observation")
     )
     return TaskCohort(spec, labels.sort("subject_id"), status.sort("subject_id"))
@@ -147,8 +213,10 @@ def build_tasks(events: Events | str | Path, specs: tuple[TaskSpec, ...], seed: 
 
 
 # ---------------------------------------------------------------------------------------------- budgets
-def sample_budgets(labels: pl.DataFrame, splits: pl.DataFrame, task: str, params: CohortParams) -> pl.DataFrame:
-    """Balanced (1:1) samples of the training patients for each label budget and seed.
+def sample_budgets(labels: pl.DataFrame, splits: pl.DataFrame, task: str, params: CohortParams,
+                   budgets: tuple[int, ...] | None = None) -> pl.DataFrame:  # fmt: skip
+    """Balanced (1:1) samples of the training patients for each label budget (BUDGETS, default
+    `cohort.budgets`: a task's own `budgets`) and seed.
 
     Columns: subject_id, budget, seed. Raises CohortError when a budget needs more positives than exist.
     """
@@ -156,12 +224,13 @@ def sample_budgets(labels: pl.DataFrame, splits: pl.DataFrame, task: str, params
     pos = train.filter(pl.col("boolean_value"))["subject_id"].to_numpy()
     neg = train.filter(~pl.col("boolean_value"))["subject_id"].to_numpy()
     rows = []
-    for budget in params.budgets:
+    for budget in budgets or params.budgets:
         half = budget // 2
         if len(pos) < half or len(neg) < half:
             raise CohortError(
                 f"task '{task}': label budget {budget} needs {half} positives and {half} negatives in the training "
-                f"split, which has {len(pos)} positives and {len(neg)} negatives"
+                f"split, which has {len(pos)} positives and {len(neg)} negatives (set `tasks.{task}.budgets` to "
+                "budgets it can fill)"
             )
         for s in range(params.budget_seeds):
             rng = np.random.default_rng([params.seed, task_key(task), budget, s])
@@ -238,6 +307,12 @@ def task_problems(
     """Why a task cannot be evaluated (empty when it can): no outcome record at all, or fewer positives than
     MIN_POSITIVES in a split; each message names the task, its codes and its counts per split."""
     spec = cohort.spec
+    known = set(splits["hospital"].drop_nulls().to_list()) if "hospital" in splits.columns else set()
+    unknown = [h for h, name in zip(spec.population.hospitals, hospital_names(spec.population), strict=True)
+               if name not in known]  # fmt: skip
+    if unknown:
+        return [f"task '{spec.name}': `tasks.{spec.name}.population.hospitals` lists {unknown}, which no patient's "
+                f"HOSPITAL/ code matches (the data has {len(known)}: e.g. {sorted(known)[:3]})"]  # fmt: skip
     if outcome_event_count(events, spec) == 0:
         return [f"task '{spec.name}': no event matches the outcome code prefixes {list(spec.outcome)}; check "
                 f"`tasks.{spec.name}.outcome` in params.yaml against the codes in metadata/codes.parquet"]  # fmt: skip
@@ -281,6 +356,7 @@ def table2(cohorts: dict[str, TaskCohort], splits: pl.DataFrame) -> pl.DataFrame
         row = {
             "task": name,
             "outcome": " ".join(c.spec.outcome),
+            "population": c.spec.population.describe() or "all",
             "patients": c.status.height,
             "eligible": c.labels.height,
             "positives": int(c.labels["boolean_value"].sum()),
@@ -292,8 +368,8 @@ def table2(cohorts: dict[str, TaskCohort], splits: pl.DataFrame) -> pl.DataFrame
         rows.append(row)
     table = pl.DataFrame(rows).with_columns(pl.col(pl.Int32, pl.UInt32).cast(pl.Int64))
     return table.with_columns(positive_rate=pl.col("positives") / pl.col("eligible")).select(
-        "task", "outcome", "patients", "eligible", "positives", "positive_rate", pl.all().exclude(
-            "task", "outcome", "patients", "eligible", "positives", "positive_rate"
+        "task", "outcome", "population", "patients", "eligible", "positives", "positive_rate", pl.all().exclude(
+            "task", "outcome", "population", "patients", "eligible", "positives", "positive_rate"
         )
     )  # fmt: skip
 
@@ -348,6 +424,8 @@ def task_table(specs: tuple[TaskSpec, ...]) -> pl.DataFrame:
                 "min_prior_days": s.min_prior_days,
                 "suspected": s.suspected,
                 "washout_suspected": s.washout_suspected,
+                "population": s.population.describe() or "all",
+                "budgets": " ".join(map(str, s.budgets)),
             }  # fmt: skip
             for s in specs
         ]
@@ -355,8 +433,8 @@ def task_table(specs: tuple[TaskSpec, ...]) -> pl.DataFrame:
 
 
 def sample_all_budgets(cohorts: dict[str, TaskCohort], splits: pl.DataFrame, params: CohortParams) -> dict:
-    """`sample_budgets` of every task: task -> (subject_id, budget, seed)."""
-    return {name: sample_budgets(c.labels, splits, name, params) for name, c in cohorts.items()}
+    """`sample_budgets` of every task at its own budgets: task -> (subject_id, budget, seed)."""
+    return {name: sample_budgets(c.labels, splits, name, params, c.spec.budgets) for name, c in cohorts.items()}
 
 
 def data_notes(events: Events) -> dict[str, object]:
@@ -372,6 +450,7 @@ def cohort_metrics(table2: pl.DataFrame, oracle: dict[str, dict], notes: dict | 
     for row in table2.iter_rows(named=True):
         task = row.pop("task")
         row.pop("outcome")
+        row.pop("population")
         entry = {k: v for k, v in row.items()}
         if task in oracle:
             entry["oracle"] = {m: oracle[task][m] for m in ("auprc", "auroc", "brier")}

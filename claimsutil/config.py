@@ -220,6 +220,47 @@ class CohortParams:
 
 
 @dataclass(frozen=True)
+class Population:
+    """Whom a task predicts for (`tasks.<name>.population`), from what is true at the prediction time: every
+    condition given must hold. Nothing given: every patient (the reference study's tasks)."""
+
+    prior_codes: tuple[str, ...] = ()  # a confirmed record of one of these code prefixes before the prediction time
+    min_age: float | None = None  # age in years at the prediction time: at least this
+    max_age: float | None = None  # and below this
+    sex: Literal["F", "M"] | None = None  # the patient's GENDER/ code
+    hospitals: tuple[str, ...] = ()  # the patient's HOSPITAL/ code is one of these (e.g. HOSPITAL/H03)
+
+    def __post_init__(self) -> None:
+        _require(self, all(isinstance(c, str) and c for c in self.prior_codes), "prior_codes",
+                 "must be a list of non-empty code prefixes")  # fmt: skip
+        _require(self, self.min_age is None or self.min_age >= 0, "min_age", "must be >= 0 or null")
+        _require(self, self.max_age is None or self.max_age > (self.min_age or 0), "max_age",
+                 "must be above min_age (and 0) or null")  # fmt: skip
+        _require(self, all(isinstance(h, str) and h for h in self.hospitals), "hospitals",
+                 "must be a list of HOSPITAL/ codes")  # fmt: skip
+
+    @property
+    def restricted(self) -> bool:
+        return bool(self.prior_codes or self.hospitals) or (self.sex, self.min_age, self.max_age) != (None,) * 3
+
+    def describe(self) -> str:
+        """In words, for the reports ("" when unrestricted)."""
+        parts = []
+        if self.prior_codes:
+            more = f" (or {len(self.prior_codes) - 1} more)" if len(self.prior_codes) > 2 else ""
+            shown = self.prior_codes[:1] if more else self.prior_codes
+            parts.append("a prior record of " + " or ".join(shown) + more)
+        if self.min_age is not None or self.max_age is not None:
+            low = f"{self.min_age:g}" if self.min_age is not None else "0"
+            parts.append(f"aged {low}+" if self.max_age is None else f"aged {low} to under {self.max_age:g}")
+        if self.sex is not None:
+            parts.append({"F": "women", "M": "men"}[self.sex])
+        if self.hospitals:
+            parts.append("at " + ", ".join(self.hospitals))
+        return "; ".join(parts)
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """A one-year (by default) binary prediction task, declared in params.yaml under `tasks`."""
 
@@ -229,6 +270,9 @@ class TaskSpec:
     min_prior_days: int = 365  # coverage required before the index date
     suspected: Literal["exclude", "include"] = "exclude"  # "include": suspected diagnoses count as outcomes
     washout_suspected: bool = False  # a suspected-only record before the index also excludes the patient
+    max_budget: int | None = None  # its label budgets are cohort.budgets up to this (a small population's cap)
+    population: Population = field(default_factory=Population)  # whom it predicts for (default: everyone)
+    budgets: tuple[int, ...] = (100, 500, 1000)  # set by the loader: cohort.budgets up to max_budget
 
     def __post_init__(self) -> None:
         why = "must be letters, digits, '_', '.' or '-' (it names files), starting with a letter or digit"
@@ -237,6 +281,8 @@ class TaskSpec:
                  "must be a non-empty list of code prefixes")  # fmt: skip
         _require(self, self.horizon_days >= 1, "horizon_days", "must be >= 1")
         _require(self, self.min_prior_days >= 0, "min_prior_days", "must be >= 0")
+        _require(self, self.max_budget is None or self.max_budget >= 2, "max_budget", "must be >= 2 or null")
+        _require(self, len(self.budgets) >= 1, "max_budget", "leaves none of cohort.budgets (all are above it)")
 
 
 @dataclass(frozen=True)
@@ -450,6 +496,47 @@ class ZeroShotConfig:
 
 
 @dataclass(frozen=True)
+class TransferConfig:
+    """The transfer study (claimsutil.transfer): k-shot fine-tuning at the held-out hospitals."""
+
+    scale: str = "m"  # the pretrained encoder transferred (a key of `scales`)
+    tasks: tuple[str, ...] = ()  # the tasks transferred; (): every task
+    shots: tuple[int, ...] = (16, 32, 64, 128, 256, 512)  # k: labelled patients (1:1), and as many again to stop on
+    replicates: int = 5  # draws of the k patients per k
+    pool_share: float = 0.5  # share of the held-out hospitals' patients the k are drawn from (the rest: the test)
+    test_negatives: int | None = 1000  # test sample: every test positive and this many negatives (weighted); null: all
+    # Fine-tuning on k patients: the `finetune` recipe, with passes enough for min_steps optimizer steps (at least
+    # finetune.max_epochs, at most max_epochs), stopped after `patience` passes without a better AUPRC on the k
+    # validation patients.
+    min_steps: int = 32
+    max_epochs: int = 20
+    patience: int = 5
+    min_child_samples: int = 5  # LightGBM on k patients (the `baseline` recipe otherwise; 20 cannot split 16)
+    knn: int = 5  # neighbours of the code-embedding purity
+    permutations: int = 200  # label permutations of its chance interval
+    frequent_codes: int = 1000  # purity again among codes seen this often (and the neighbours' candidates)
+    # Codes whose nearest neighbours the report lists (prefixes; each one's most frequent code): amlodipine,
+    # olmesartan, metformin, pregabalin, atorvastatin, hypertension, type 2 diabetes, CKD, atrial fibrillation,
+    # asthma.
+    query_codes: tuple[str, ...] = ("YJ/2171022", "YJ/2149044", "YJ/3962002", "YJ/1190017", "YJ/2189015",
+                                    "ICD10/I10", "ICD10/E11", "ICD10/N18", "ICD10/I48", "ICD10/J45")  # fmt: skip
+    seed: int = 43  # the draws of the k patients and the runs' seeds
+    workers: int = execution(2)  # processes running runs in parallel (never changes the results)
+
+    def __post_init__(self) -> None:
+        _require(self, len(self.shots) >= 1 and all(k >= 4 and k % 2 == 0 for k in self.shots), "shots",
+                 "must be even numbers >= 4 (k / 2 positives and k / 2 negatives)")  # fmt: skip
+        _require(self, list(self.shots) == sorted(set(self.shots)), "shots", "must be distinct and ascending")
+        _require(self, 0 < self.pool_share < 1, "pool_share", "must be in (0, 1)")
+        _require(self, self.test_negatives is None or self.test_negatives >= 1, "test_negatives",
+                 "must be >= 1 or null")  # fmt: skip
+        counts = ("replicates", "min_steps", "max_epochs", "patience", "min_child_samples", "knn", "permutations",
+                  "frequent_codes")  # fmt: skip
+        for key in (*counts, "workers"):
+            _require(self, getattr(self, key) >= 1, key, "must be >= 1")
+
+
+@dataclass(frozen=True)
 class EvaluationParams:
     """How every stage scores a model: the same resamples of the same patients, so one model, task and budget
     gets one number (and one interval) wherever it is reported."""
@@ -475,6 +562,7 @@ SECTIONS: dict[str, type] = {
     "finetune": FinetuneConfig,
     "laws": LawsConfig,
     "zeroshot": ZeroShotConfig,
+    "transfer": TransferConfig,
     "evaluation": EvaluationParams,
 }
 TOP_LEVEL = ("profile", *SECTIONS, "scales", "generative", "tasks")
@@ -497,6 +585,7 @@ class StudyParams:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     laws: LawsConfig = field(default_factory=LawsConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     evaluation: EvaluationParams = field(default_factory=EvaluationParams)
 
     def task(self, name: str) -> TaskSpec:
@@ -675,13 +764,22 @@ def load_params(path: str | Path | None = None) -> StudyParams:
     if not isinstance(profile, str):
         raise ParamsError(f"{PARAMS_FILE}: profile = {profile!r} must be a string")
     sections = {name: build_section(cls, name, raw.get(name)) for name, cls in SECTIONS.items()}
-    return StudyParams(
+    params = StudyParams(
         profile=profile,
         tasks=_tasks(raw.get("tasks"), sections["cohort"]),
         scales=_scales(raw.get("scales"), sections["pretrain"]),
         generative=_pretrain_overrides(raw.get("generative"), "generative", sections["pretrain"]),
         **sections,
     )
+    transfer = params.transfer
+    if transfer.scale not in params.scales:
+        raise ParamsError(f"{PARAMS_FILE}: transfer.scale = {transfer.scale!r} is not under `scales` "
+                          f"(have {list(params.scales)})")  # fmt: skip
+    unknown = [t for t in transfer.tasks if t not in {s.name for s in params.tasks}]
+    if unknown:
+        raise ParamsError(f"{PARAMS_FILE}: transfer.tasks = {list(transfer.tasks)}: {unknown} not under `tasks` "
+                          f"(have {[s.name for s in params.tasks]})")  # fmt: skip
+    return params
 
 
 def _tasks(raw: Any, cohort: CohortParams) -> tuple[TaskSpec, ...]:
@@ -697,7 +795,11 @@ def _tasks(raw: Any, cohort: CohortParams) -> tuple[TaskSpec, ...]:
         body = dict(body)
         if isinstance(body["outcome"], str):
             body["outcome"] = [body["outcome"]]
-        specs.append(build_section(TaskSpec, f"tasks.{name}", {**defaults, **body}, extra={"name": name}))
+        population = build_section(Population, f"tasks.{name}.population", body.pop("population", None))
+        cap = body.get("max_budget")
+        budgets = tuple(b for b in cohort.budgets if not isinstance(cap, int) or isinstance(cap, bool) or b <= cap)
+        extra = {"name": name, "population": population, "budgets": budgets}
+        specs.append(build_section(TaskSpec, f"tasks.{name}", {**defaults, **body}, extra=extra))
     return tuple(specs)
 
 

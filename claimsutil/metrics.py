@@ -559,9 +559,11 @@ def paired_mean_bootstrap(
     seed: int = 0,
     alpha: float = 0.05,
     weights: pl.DataFrame | None = None,
+    relative: bool = False,
 ) -> dict[str, PairedResult]:
     """`paired_bootstrap` for seed-averaged models: the mean metric of A's runs minus the mean of B's runs, all
-    scored on the same patient resamples. Every frame must hold the same (subject, time, label) rows."""
+    scored on the same patient resamples. Every frame must hold the same (subject, time, label) rows.
+    RELATIVE: that difference divided by B's mean (a relative gain), per resample and at the point."""
     frames = [_validated(f, f"predictions[{i}]").sort(SUBJECT_ID, PREDICTION_TIME)
               for i, f in enumerate([*frames_a, *frames_b])]  # fmt: skip
     if not frames_a or not frames_b:
@@ -577,8 +579,10 @@ def paired_mean_bootstrap(
     n_a = len(frames_a)
     results = {}
     for m in METRICS:
-        diff = np.mean([s[m] for s in stats[:n_a]], axis=0) - np.mean([s[m] for s in stats[n_a:]], axis=0)
-        point = float(np.mean([p[m] for p in points[:n_a]]) - np.mean([p[m] for p in points[n_a:]]))
+        a, b = np.mean([s[m] for s in stats[:n_a]], axis=0), np.mean([s[m] for s in stats[n_a:]], axis=0)
+        diff = (a - b) / b if relative else a - b
+        pa, pb = np.mean([p[m] for p in points[:n_a]]), np.mean([p[m] for p in points[n_a:]])
+        point = float((pa - pb) / pb if relative else pa - pb)
         p_value = float(np.clip(2 * min(np.mean(diff <= 0), np.mean(diff >= 0)), 1 / (n_resamples + 1), 1.0))
         results[m] = PairedResult(point, *_percentiles(diff, alpha), p_value)
     return results

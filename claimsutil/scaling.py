@@ -218,8 +218,10 @@ def table3(results: pl.DataFrame, scales: list[str], budgets: list[str], metric:
                 if r.height:
                     values[name] = r[metric][0]
                     cells[name] = _cell(r[metric][0], r[f"{metric}_low"][0], r[f"{metric}_high"][0])
+            if not values:  # a task without this budget (its max_budget)
+                continue
             # Brier: lower is better
-            best = (min if metric == "brier" else max)(values, key=values.get) if values else None
+            best = (min if metric == "brier" else max)(values, key=values.get)
             if best is not None:
                 cells[best] = f"**{cells[best]}**"
             first = t.filter(pl.col("budget") == budget)
@@ -547,16 +549,20 @@ def task_kinds(tasks) -> dict[str, str]:
     return {spec.name: task_kind(spec.outcome) for spec in tasks}
 
 
-def summary_metrics(fits: dict, decisions: list[dict], sat: pl.DataFrame, budget: str) -> dict[str, Any]:
-    """The scaling stage's metrics JSON: the power-law exponents and, at the headline BUDGET, each task's
-    saturation, gain over LightGBM and pretraining hours saved."""
-    rows = {r["task"]: r for r in sat.filter(pl.col("budget") == budget).iter_rows(named=True)}
+def summary_metrics(fits: dict, decisions: list[dict], sat: pl.DataFrame, budget: str | dict[str, str]) -> dict:
+    """The scaling stage's metrics JSON: the power-law exponents and, at the headline BUDGET (one for every
+    task, or task -> its own), each task's saturation, gain over LightGBM and pretraining hours saved."""
+
+    def headline(task: str) -> str:
+        return budget[task] if isinstance(budget, dict) else budget
+
+    rows = {r["task"]: r for r in sat.iter_rows(named=True) if r["budget"] == headline(r["task"])}
     return {
         "power_law_exponent": {k: f.exponent for k, f in fits.items()},
         "saturation": {
             d["task"]: {"budget": d["budget"], "scale": d["saturation_scale"], "best": d["best_scale"]}
             for d in decisions
-            if d["budget"] == budget
+            if d["budget"] == headline(d["task"])
         },  # fmt: skip
         "gain_over_lightgbm": {t: r["gain_over_lightgbm"] for t, r in rows.items()},
         "hours_saved": {t: r["hours_saved"] for t, r in rows.items()},
@@ -748,22 +754,36 @@ def notebook_reports(scales: list[str]) -> list[str]:
     prefixes = ("03_pretrain", "03b_pretrain_gen", "04_finetune", "08_zeroshot")
     per_scale = [f"{prefix}-{s}.html" for prefix in prefixes for s in scales]
     return ["00_data.html", "01_cohort.html", "02_tokenize.html", *per_scale, "05_baseline.html", "06_scaling.html",
-            "07_scaling_laws.html"]  # fmt: skip
+            "07_scaling_laws.html", "09_transfer.html"]  # fmt: skip
 
 
-def write_index(reports_dir: str | Path, headline: list[str], notebooks: list[str]) -> Path:
-    """reports/index.html: the findings, then links to the study's tables and figures (reports/tables,
-    reports/figures) and to the executed NOTEBOOKS' HTML exports."""
+def read_transfer_findings(metrics_file: str | Path) -> list[str]:
+    """The transfer study's findings (notebook 09's metrics), or one sentence saying it has not run."""
+    path = Path(metrics_file)
+    if not path.is_file():
+        return [f"The transfer study has not run ({path.name} is missing)."]
+    return list(json.loads(path.read_text(encoding="utf-8")).get("findings", []))
+
+
+def write_index(reports_dir: str | Path, headline: list[str], notebooks: list[str],
+                transfer: list[str] | None = None) -> Path:  # fmt: skip
+    """reports/index.html: the findings (and the TRANSFER study's), then links to the study's tables and figures
+    (reports/tables, reports/figures, reports/transfer) and to the executed NOTEBOOKS' HTML exports."""
     import html
 
     root = Path(reports_dir)
     tables = sorted(p.relative_to(root).as_posix() for p in (root / "tables").glob("*.md"))
+    tables += sorted(p.relative_to(root).as_posix() for p in (root / "transfer").glob("*.md"))
     figures = sorted(p.relative_to(root).as_posix() for p in (root / "figures").glob("*.png"))
+    figures += sorted(p.relative_to(root).as_posix() for p in (root / "transfer" / "figures").glob("*.png"))
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Claims foundation-model scaling study</title>",
              "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}img{max-width:100%}</style>",
              "</head><body>",
              "<h1>Claims foundation models: how large must the model be?</h1>", "<h2>Findings</h2><ul>"]  # fmt: skip
     parts += [f"<li>{html.escape(s)}</li>" for s in headline]
+    if transfer:
+        parts.append("</ul><h2>Transfer to hospitals never seen, and what pretraining learned about codes</h2><ul>")
+        parts += [f"<li>{html.escape(s)}</li>" for s in transfer]
     parts.append("</ul><h2>Tables</h2><ul>")
     for t in tables:
         csv = t[:-3] + ".csv"

@@ -25,6 +25,7 @@ from claimsutil.config import CohortParams, ParamsError, load_params
 from claimsutil.meds import Events, open_events, subject_hospitals
 
 SPLITS = ("train", "validation", "test", "held_out_hospital")
+VOCABULARY_SPLITS = ("train", "validation")  # the pretraining patients: the vocabulary is theirs alone
 SPLITS_FILE = "splits.parquet"
 
 

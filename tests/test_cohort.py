@@ -14,7 +14,7 @@ import pytest
 
 from claimsutil import cohort as co
 from claimsutil import splits as sp
-from claimsutil.config import CohortParams, SynthParams, TaskSpec
+from claimsutil.config import CohortParams, Population, SynthParams, TaskSpec
 from claimsutil.meds import shard_paths, subject_hospitals
 from claimsutil.synth import generate
 
@@ -102,6 +102,78 @@ def test_suspected_outcomes_and_suspected_washout(timelines):
     labels, status = _by_subject(co.build_tasks(timelines, (washout,), seed=1)["hypertension"])
     assert status[10] == "prior_outcome" and 10 not in labels  # a suspected-only record before the index
     assert status[9] == "included" and labels[9]["boolean_value"] is False
+
+
+def population_timelines(root: Path) -> Path:
+    """Patients whose candidate index receipts are their visits up to 2022 (the end of the data leaves no horizon
+    after that), for the population filters: diabetes (E11) before, at, after them or only suspected; ages
+    around 75 at the prediction time 2022-01-06; sexes and hospitals."""
+
+    def person(sid: int, born: str, sex: str, hospital: str = "HOSPITAL/H01") -> list[tuple]:
+        return [(sid, None, sex), (sid, None, hospital), (sid, d(born), "MEDS_BIRTH"),
+                (sid, d("2020-01-01"), "COVERAGE/START"), (sid, d("2024-01-01"), "COVERAGE/END")]  # fmt: skip
+
+    rows = [
+        *person(1, "1940-01-01", "GENDER/F"), visit(1, "2021-03-01", "ICD10/E11.9"), visit(1, "2022-01-05"),
+        *person(2, "1940-01-01", "GENDER/M"), visit(2, "2022-01-05"),
+        visit(2, "2023-03-01", "ICD10/E11.9"),  # diagnosed after every receipt that leaves a whole horizon
+        *person(3, "1947-01-07", "GENDER/F"), visit(3, "2022-01-05", "ICD10/E11.9"),  # at the index visit: 74.99 y
+        *person(4, "1947-01-05", "GENDER/M", "HOSPITAL/H02"), visit(4, "2021-03-01", "ICD10/E11.9", True),
+        visit(4, "2022-01-05"),  # suspected diabetes only; 75 years old at the prediction time
+        *person(5, "1960-01-01", "GENDER/F"), visit(5, "2021-01-10"), visit(5, "2021-06-01", "ICD10/E11.9"),
+        visit(5, "2022-01-05"),  # two candidate receipts: only the later one is inside the diabetes population
+    ]  # fmt: skip
+    return write_shards(root, [rows])
+
+
+def test_population_filters_judge_only_the_past(tmp_path):
+    meds_dir = population_timelines(tmp_path / "meds")
+
+    def status(population: Population) -> tuple[dict, dict]:
+        spec = TaskSpec("t", ("ICD10/I10",), population=population)
+        labels, status = _by_subject(co.build_tasks(meds_dir, (spec,), seed=3)["t"])
+        return labels, status
+
+    labels, st = status(Population(prior_codes=("ICD10/E11",)))
+    # Diabetes after the prediction time does not count (2); a record on the index visit is before the
+    # prediction time (3); a suspected-only diagnosis does not count (4).
+    assert st == {1: "included", 2: "outside_population", 3: "included", 4: "outside_population", 5: "included"}
+    drawn = {co.build_tasks(meds_dir, (TaskSpec("t", ("ICD10/I10",), population=Population(("ICD10/E11",))),),
+                            seed=seed)["t"].labels.filter(pl.col("subject_id") == 5)["prediction_time"][0]
+             for seed in range(12)}  # fmt: skip
+    assert drawn == {d("2021-06-02"), d("2022-01-06")}  # the receipt before the diagnosis (2021-01-10) never
+    _, st = status(Population(min_age=75))
+    assert {s for s, v in st.items() if v == "included"} == {1, 2, 4}  # 3 is 74.998 at the prediction time
+    _, st = status(Population(min_age=60, max_age=75, sex="F"))
+    assert {s for s, v in st.items() if v == "included"} == {3, 5}
+    _, st = status(Population(hospitals=("HOSPITAL/H02",)))
+    assert {s for s, v in st.items() if v == "included"} == {4}
+    labels, st = status(Population())
+    assert set(st.values()) == {"included"}
+
+
+def test_population_tasks_in_table2_and_budgets_capped(tmp_path):
+    from claimsutil.config import load_params
+
+    meds_dir = population_timelines(tmp_path / "meds")
+    spec = TaskSpec("t", ("ICD10/I10",), population=Population(prior_codes=("ICD10/E11",)))
+    cohorts = co.build_tasks(meds_dir, (spec,), seed=3)
+    splits = pl.DataFrame({"subject_id": [1, 2, 3, 4, 5], "split": ["train"] * 5})
+    row = co.table2(cohorts, splits).row(0, named=True)
+    assert row["population"] == "a prior record of ICD10/E11"
+    assert (row["eligible"], row["excluded_outside_population"]) == (3, 2)
+    params = tmp_path / "params.yaml"
+    params.write_text("scales: {m: {}}\ncohort: {budgets: [10, 20, 40]}\ntasks:\n  a: {outcome: [X]}\n"
+                      "  b: {outcome: [X], max_budget: 25, population: {min_age: 75, sex: F}}\n")  # fmt: skip
+    tasks = {t.name: t for t in load_params(params).tasks}
+    assert tasks["a"].budgets == (10, 20, 40) and tasks["b"].budgets == (10, 20)
+    assert tasks["b"].population == Population(min_age=75, sex="F")
+    params.write_text("scales: {m: {}}\ntasks:\n  b: {outcome: [X], population: {min_age: 80, max_age: 70}}\n")
+    with pytest.raises(ValueError, match=r"tasks.b.population.max_age = 70"):
+        load_params(params)
+    params.write_text("scales: {m: {}}\ntasks:\n  b: {outcome: [X], max_budget: 50}\n")
+    with pytest.raises(ValueError, match=r"tasks.b.max_budget = 50 leaves none of cohort.budgets"):
+        load_params(params)
 
 
 def test_index_choice_is_seeded_and_independent_of_sharding(timelines, tmp_path):

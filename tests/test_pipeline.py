@@ -22,6 +22,7 @@ from claimsutil.tokenize import TokenStore
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.pipeline
 SCALES = tuple(MODEL_SCALES["demo"])  # the tiny profile pretrains every demo scale for a few steps
+TASKS = ["hypertension", "ckd", "amlodipine", "pregabalin", "pregabalin_diabetes", "ckd_75plus", "amlodipine_on_arb"]
 
 
 def _project_files() -> list[str]:
@@ -62,7 +63,7 @@ def test_repro_builds_every_output(tiny_study):
     copy, _, first = tiny_study
     stages = ("synthesize", "splits", "describe", "cohort", "tokenize", "baseline", *(f"pretrain@{s}" for s in SCALES),
               *(f"finetune@{s}" for s in SCALES), *(f"pretrain_gen@{s}" for s in SCALES),
-              *(f"zeroshot@{s}" for s in SCALES), "scaling")  # fmt: skip
+              *(f"zeroshot@{s}" for s in SCALES), "transfer", "scaling")  # fmt: skip
     for stage in stages:
         assert f"Running stage '{stage}'" in first.stdout
     report = validate_dataset(copy / "data" / "meds")
@@ -75,13 +76,17 @@ def test_repro_builds_every_output(tiny_study):
     assert data["patients"] == 8000 and data["events"] == report.n_rows
     assert list((copy / "reports" / "data" / "figures").glob("*.png"))
     assert list((copy / "reports" / "data" / "tables").glob("*.md"))
-    # Cohorts: the four reference tasks, Table 2 and the oracle.
-    tasks = ["hypertension", "ckd", "amlodipine", "pregabalin"]
+    # Cohorts: the four reference tasks and three population-specific ones, Table 2 and the oracle.
+    tasks = TASKS
     for task in tasks:
         labels = pl.read_parquet(copy / "data" / "cohort" / "labels" / f"{task}.parquet")
         assert labels.columns == ["subject_id", "prediction_time", "boolean_value"] and labels.height > 100
     table2 = pl.read_csv(copy / "reports" / "cohort" / "table2_cohorts.csv")
     assert table2["task"].to_list() == tasks
+    restricted = table2.filter(pl.col("population") != "all")
+    assert restricted["task"].to_list() == tasks[4:]
+    excluded = restricted["excluded_outside_population"].cast(pl.Int64, strict=False)
+    assert (excluded > 1000).all()  # the small cohorts: most patients are outside the population
     cohort = json.loads((copy / "data" / "metrics" / "cohort.json").read_text())
     assert set(cohort) == {*tasks, "data"} and all(0 < cohort[t]["oracle"]["auprc"]["point"] <= 1 for t in tasks)
     assert cohort["data"]["data_end"] == "2025-01-01" and cohort["data"]["records_after_death"] == 0
@@ -143,7 +148,7 @@ def test_every_declared_output_exists(tiny_study):
 
 def test_finetuning_and_the_study_tables(tiny_study):
     copy, _, _ = tiny_study
-    tasks = ["hypertension", "ckd", "amlodipine", "pregabalin"]
+    tasks = TASKS
     for scale in SCALES:
         m = json.loads((copy / "data" / "metrics" / f"finetune-{scale}.json").read_text())
         assert m["runs"] == len(tasks) * 2 * 2  # tasks x budgets x (pretrained, scratch), one budget seed
@@ -174,8 +179,10 @@ def test_finetuning_and_the_study_tables(tiny_study):
         figure = next((copy / "reports" / "figures").glob(f"figure{n}_*.png"))
         assert figure.stat().st_size > 10_000 and figure.with_suffix(".svg").is_file()
     index = (copy / "reports" / "index.html").read_text()
-    for link in ("tables/table3_downstream.md", "figures/figure5_cost_benefit.png", "06_scaling.html"):
+    for link in ("tables/table3_downstream.md", "figures/figure5_cost_benefit.png", "06_scaling.html",
+                 "09_transfer.html", "transfer/figures/kshot.png"):  # fmt: skip
         assert link in index
+    assert "Transfer to hospitals never seen" in index
     scaling = json.loads((copy / "data" / "metrics" / "scaling.json").read_text())
     assert set(scaling["saturation"]) == set(tasks)
 
@@ -327,3 +334,32 @@ def test_user_meds_source_goes_through_the_same_path(tiny_study, tmp_path):
         assert "shard-00000.parquet" in broken.stdout + broken.stderr
     finally:
         params.write_text(original)
+
+
+def test_transfer_stage_writes_the_kshot_study_and_the_embedding_analysis(tiny_study):
+    copy, _, _ = tiny_study
+    params = load_params(copy / "params.yaml")
+    out, reports = copy / "data" / "transfer", copy / "reports" / "transfer"
+    m = json.loads((copy / "data" / "metrics" / "transfer.json").read_text())
+    transferred = [t for t in TASKS if "skipped" not in m[t]]
+    assert transferred and all(m[t]["skipped"] for t in TASKS if t not in transferred)
+    for task in transferred:
+        test = pl.read_parquet(out / task / "test.parquet")
+        splits = pl.read_parquet(copy / "data" / "cohort" / "splits.parquet")
+        assert set(test.join(splits, on="subject_id")["split"]) == {"held_out_hospital"}
+        assert (out / task / "source.parquet").is_file() and m[task]["source_max_abs_diff_from_finetune"] == 0.0
+        for k in map(int, m[task]["shots"].split()):
+            for arm in ("pretrained", "scratch", "lightgbm"):
+                for r in range(params.transfer.replicates):
+                    assert (out / task / f"{arm}_k-{k}_rep-{r}.parquet").is_file()
+    kshot = pl.read_csv(reports / "kshot_results.csv")
+    assert set(kshot["arm"]) == {"pretrained", "scratch", "lightgbm", "source"}
+    gains = pl.read_csv(reports / "relative_gains.csv")
+    assert set(gains["over"]) >= {"scratch", "lightgbm"} and (gains["low"] <= gains["high"]).all()
+    purity = pl.read_csv(reports / "embedding_purity.csv")
+    assert purity.height == len(SCALES) * 4 * 2  # scales x (pretrained, random) x (input, output) x groupings
+    assert ((purity["chance_low"] <= purity["chance_mean"]) & (purity["chance_mean"] <= purity["chance_high"])).all()
+    assert pl.read_csv(reports / "nearest_neighbours.csv")["query"].n_unique() >= 5
+    for figure in ("kshot", "embedding_purity", "embedding_map"):
+        assert (reports / "figures" / f"{figure}.png").stat().st_size > 10_000
+    assert (copy / "reports" / "09_transfer.html").is_file() and m["findings"]
