@@ -478,6 +478,7 @@ class ZeroShotConfig:
     """Zero-shot prediction by the generative model (claimsutil.generate): futures sampled per patient."""
 
     seed: int = 41  # the draws of every future (fixed per patient, prediction time and future)
+    tasks: tuple[str, ...] = ()  # the tasks predicted zero-shot; (): every task
     futures: int = 16  # futures per patient; the n curve reads the first 1, 4, 16, ... of them
     max_new: int = 64  # token cap of a future (the prompt keeps the most recent max_len - max_new tokens)
     temperature: float = 1.0
@@ -593,6 +594,10 @@ class StudyParams:
             if spec.name == name:
                 return spec
         raise ParamsError(f"{PARAMS_FILE}: no task '{name}' under `tasks` (have {[t.name for t in self.tasks]})")
+
+    def zeroshot_tasks(self) -> tuple[TaskSpec, ...]:
+        """The tasks predicted zero-shot (`zeroshot.tasks`; every task when empty)."""
+        return tuple(s for s in self.tasks if not self.zeroshot.tasks or s.name in self.zeroshot.tasks)
 
     def pretrain_for(self, scale: str) -> PretrainConfig:
         """The `pretrain` section with the overrides of `scales.<scale>`."""
@@ -771,14 +776,14 @@ def load_params(path: str | Path | None = None) -> StudyParams:
         generative=_pretrain_overrides(raw.get("generative"), "generative", sections["pretrain"]),
         **sections,
     )
-    transfer = params.transfer
+    transfer, names = params.transfer, [s.name for s in params.tasks]
+    for key, chosen in (("transfer.tasks", transfer.tasks), ("zeroshot.tasks", params.zeroshot.tasks)):
+        unknown = [t for t in chosen if t not in names]
+        if unknown:
+            raise ParamsError(f"{PARAMS_FILE}: {key} = {list(chosen)}: {unknown} not under `tasks` (have {names})")
     if transfer.scale not in params.scales:
         raise ParamsError(f"{PARAMS_FILE}: transfer.scale = {transfer.scale!r} is not under `scales` "
                           f"(have {list(params.scales)})")  # fmt: skip
-    unknown = [t for t in transfer.tasks if t not in {s.name for s in params.tasks}]
-    if unknown:
-        raise ParamsError(f"{PARAMS_FILE}: transfer.tasks = {list(transfer.tasks)}: {unknown} not under `tasks` "
-                          f"(have {[s.name for s in params.tasks]})")  # fmt: skip
     return params
 
 

@@ -132,7 +132,7 @@ def test_repro_builds_every_output(tiny_study):
         z = json.loads((copy / "data" / "metrics" / f"zeroshot-{scale}.json").read_text())
         assert z["labels_used"] == 0 and z["futures_per_patient"] == 4 and z["generated_tokens"] > 0
         assert set(z["impossible"]) == {"prostate code in a woman", "drug before its launch", "record after death"}
-        assert all(set(z[t]) == {"n1", "n4"} for t in tasks)
+        assert all(set(z[t]) == {"n1", "n4"} for t in tasks[:4]) and not set(tasks[4:]) & set(z)  # zeroshot.tasks
         assert (copy / "reports" / f"08_zeroshot-{scale}.html").is_file()
     assert (copy / "reports" / "pretrain_gen" / "xs" / "time_tokens.md").is_file()
 
@@ -174,7 +174,7 @@ def test_finetuning_and_the_study_tables(tiny_study):
     t1g = pl.read_csv(tables / "table1_generative.csv")
     assert t1g["scale"].to_list() == list(SCALES) and {"val_loss", "baseline", "below_baseline"} <= set(t1g.columns)
     t3z = pl.read_csv(tables / "table3_zeroshot.csv")
-    assert t3z["task"].to_list() == tasks and {f"zero-shot {s}" for s in SCALES} | {"oracle"} <= set(t3z.columns)
+    assert t3z["task"].to_list() == tasks[:4] and {f"zero-shot {s}" for s in SCALES} | {"oracle"} <= set(t3z.columns)
     for n in range(1, 8):
         figure = next((copy / "reports" / "figures").glob(f"figure{n}_*.png"))
         assert figure.stat().st_size > 10_000 and figure.with_suffix(".svg").is_file()
@@ -347,7 +347,8 @@ def test_transfer_stage_writes_the_kshot_study_and_the_embedding_analysis(tiny_s
         test = pl.read_parquet(out / task / "test.parquet")
         splits = pl.read_parquet(copy / "data" / "cohort" / "splits.parquet")
         assert set(test.join(splits, on="subject_id")["split"]) == {"held_out_hospital"}
-        assert (out / task / "source.parquet").is_file() and m[task]["source_max_abs_diff_from_finetune"] == 0.0
+        # The source model is the finetune stage's run (its predictions differ only by the rows they were batched with)
+        assert (out / task / "source.parquet").is_file() and m[task]["source_max_abs_diff_from_finetune"] < 1e-9
         for k in map(int, m[task]["shots"].split()):
             for arm in ("pretrained", "scratch", "lightgbm"):
                 for r in range(params.transfer.replicates):
