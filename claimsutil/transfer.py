@@ -371,7 +371,10 @@ def plot_kshot(table: pl.DataFrame, title: str = ""):
         if src.height:
             ax.axhline(src["auprc"][0], color=colors[SOURCE], ls="--", lw=1.2, label=labels[SOURCE])
             ax.axhspan(src["auprc_low"][0], src["auprc_high"][0], color=colors[SOURCE], alpha=0.08, lw=0)
-        ax.set_xscale("log", base=2)
+        if t.filter(pl.col("arm") != SOURCE).height:
+            ax.set_xscale("log", base=2)
+        else:
+            ax.text(0.5, 0.5, "too few held-out\npositives for k = 4", transform=ax.transAxes, ha="center", fontsize=8)
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("k labelled patients (held-out hospitals)", fontsize=8)
     for ax in axes.flat[len(tasks) :]:
