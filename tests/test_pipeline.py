@@ -246,11 +246,13 @@ def test_changing_one_scale_reruns_only_that_scale_and_the_analysis(tiny_study):
         params.write_text(original.replace("  m: {lr: 0.002}", "  m: {lr: 0.0025}"))
         status = json.loads(_run([sys.executable, "-m", "dvc", "status", "--json"], copy, env).stdout)
         # finetune@m follows once data/models/m changes; scaling_laws compares every scale's budget with its
-        # fit (its grid runs are kept in data/laws and reused: only the fits rerun)
-        assert set(status) == {"pretrain@m", "pretrain_gen@m", "scaling", "scaling_laws"}
+        # fit (its grid runs are kept in data/laws and reused: only the fits rerun); transfer reads every scale's
+        # code embeddings and transfers m
+        assert set(status) == {"pretrain@m", "pretrain_gen@m", "scaling", "scaling_laws", "transfer"}
         rerun = _run([sys.executable, "-m", "dvc", "repro"], copy, env).stdout
         running = {line.split("'")[1] for line in rerun.splitlines() if line.startswith("Running stage")}
-        assert running == {"pretrain@m", "pretrain_gen@m", "finetune@m", "zeroshot@m", "scaling", "scaling_laws"}
+        assert running == {"pretrain@m", "pretrain_gen@m", "finetune@m", "zeroshot@m", "scaling", "scaling_laws",
+                           "transfer"}  # fmt: skip
     finally:
         params.write_text(original)
 
@@ -269,7 +271,7 @@ def test_what_a_change_reruns(tiny_study):
     before = _status(copy, env)  # what earlier tests left out of date (their changes are undone)
     try:
         params.write_text(originals[params].replace("tasks:\n", "tasks:\n  asthma:\n    outcome: [ICD10/J45]\n", 1))
-        assert _status(copy, env) == before | {"cohort", "baseline", "scaling", *finetunes}
+        assert _status(copy, env) == before | {"cohort", "baseline", "scaling", "transfer", *finetunes}
         params.write_text(
             originals[params].replace("  workers: 2                # execution", "  workers: 1  # execution")
         )
@@ -297,7 +299,8 @@ def test_reports_never_show_small_counts(tiny_study):
                             r"year|reference_year|age_band|min_cell|k|rank|id|horizon_days|min_prior_days|covered_months|"
                             r"world_size|tokens_per_step|parameters.*|.*_days|.*_s|.*_share|.*_rate|.*auprc.*|.*auroc.*|"
                             r".*brier.*|.*loss.*|prevalence|incidence|.*_hours|.*flops.*|n_hospitals|vocabulary|tokens|"
-                            r"mean|median|p95|removed_share|pairs_lost)$")  # fmt: skip
+                            r"mean|median|p95|removed_share|pairs_lost|replicates|largest_k|source_budget|min_count|"
+                            r"classes)$")  # fmt: skip
     offenders = []
     for path in sorted((copy / "reports").rglob("*.csv")):
         table = pl.read_csv(path, infer_schema_length=None)
