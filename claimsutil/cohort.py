@@ -84,8 +84,10 @@ def _population_attributes(lf: pl.LazyFrame, population: Population) -> pl.DataF
     code = pl.col("code")
     prior = (starts_with_any(population.prior_codes) & ~pl.col("suspected") & pl.col("time").is_not_null()
              if population.prior_codes else pl.lit(False))  # fmt: skip
+    relevant = (code == BIRTH_CODE) | code.is_in(list(SEX_CODES)) | code.str.starts_with(HOSPITAL_PREFIX) | prior
     return (
-        lf.group_by("subject_id")
+        lf.filter(relevant)  # a few records per patient: the group_by reads no other
+        .group_by("subject_id")
         .agg(
             birth=pl.col("time").filter(code == BIRTH_CODE).min(),
             sex=code.filter(code.is_in(list(SEX_CODES))).first().replace_strict(SEX_CODES, default=None),

@@ -509,9 +509,9 @@ class TransferConfig:
     # Fine-tuning on k patients: the `finetune` recipe, with passes enough for min_steps optimizer steps (at least
     # finetune.max_epochs, at most max_epochs), stopped after `patience` passes without a better AUPRC on the k
     # validation patients.
-    min_steps: int = 32
+    min_steps: int = 16
     max_epochs: int = 20
-    patience: int = 5
+    patience: int = 3
     min_child_samples: int = 5  # LightGBM on k patients (the `baseline` recipe otherwise; 20 cannot split 16)
     knn: int = 5  # neighbours of the code-embedding purity
     permutations: int = 200  # label permutations of its chance interval

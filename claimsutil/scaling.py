@@ -539,6 +539,13 @@ def budget_labels(budgets: tuple[int, ...], full_training_set: bool) -> list[str
     return [str(b) for b in budgets] + (["full"] if full_training_set else [])
 
 
+def study_budget_labels(params) -> tuple[list[str], dict[str, list[str]]]:
+    """The label budgets of the study (`cohort.budgets`, and "full" with finetune.full_training_set) and of each
+    task (its own, up to `max_budget`), as the prediction files name them."""
+    full = params.finetune.full_training_set
+    return budget_labels(params.cohort.budgets, full), {s.name: budget_labels(s.budgets, full) for s in params.tasks}
+
+
 def headline_budget(budgets: list[str]) -> str:
     """The budget of the headline: the largest balanced one (not the full training set)."""
     return budgets[-2] if budgets[-1] == "full" and len(budgets) > 1 else budgets[-1]

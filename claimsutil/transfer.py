@@ -15,7 +15,7 @@ the reference study. Here, per task (`transfer.tasks`, default every task):
 3. On each draw: the pretrained encoder of `transfer.scale` fine-tuned (the `finetune` recipe with passes
    enough for `transfer.min_steps` steps: `kshot_config`), the same architecture from a fresh initialisation,
    and LightGBM on count features (the `baseline` recipe with `transfer.min_child_samples`; its feature
-   columns are the codes of the pool's patients, no labels used).
+   columns are the codes of the pools' patients, no labels used).
 4. The source model: the encoder fine-tuned at the pretraining hospitals on the task's largest label budget
    (exactly the finetune stage's run: same seed, sample and recipe, so the same weights) applied unchanged.
 
@@ -175,21 +175,33 @@ def neural_jobs(plans: dict[str, TaskPlan], store: tok.TokenStore, cohort_dir: s
 
 def lightgbm_runs(plans: dict[str, TaskPlan], meds_dir: str | Path, params: StudyParams) -> dict[tuple, np.ndarray]:
     """LightGBM on every draw: (task, k, replicate) -> probabilities on the test sample. Feature columns are
-    the codes of the pool's patients (no labels used)."""
+    the codes of the pools' patients (no labels used)."""
     from claimsutil import baseline, features
     from claimsutil.meds import open_events
 
     events = open_events(meds_dir)
     config = replace(params.baseline, min_child_samples=(params.transfer.min_child_samples,))
+    if not plans:
+        return {}
+    # Two passes over the data for every task at once: the columns from every pool's rows, then every row's counts.
+    keys = ["task", "subject_id", "prediction_time"]
+    pools = pl.concat(
+        [p.pool.select(pl.lit(t).alias("task"), "subject_id", "prediction_time") for t, p in plans.items()]
+    )
+    tests = [p.test.select(pl.lit(t).alias("task"), "subject_id", "prediction_time") for t, p in plans.items()]
+    rows = pl.concat([pools, *tests]).unique(keys, maintain_order=True)
+    vocab = features.fit_vocabulary(events, pools, params.features)
+    X = features.count_features(events, rows, vocab)
+    at = {key: i for i, key in enumerate(rows.select(keys).iter_rows())}
     out = {}
     for task, plan in plans.items():
-        rows = pl.concat([plan.pool, plan.test.drop("weight")]).unique("subject_id").sort("subject_id")
-        vocab = features.fit_vocabulary(events, plan.pool, params.features)
-        X = features.count_features(events, rows, vocab)
-        at = {s: i for i, s in enumerate(rows["subject_id"].to_list())}
+        # The task's own columns: those non-zero in at least min_code_patients of its pool's rows.
+        in_pool = np.array([at[key] for key in pools.filter(pl.col("task") == task).iter_rows()])
+        used = np.flatnonzero(np.asarray((X[in_pool] != 0).sum(axis=0)).ravel() >= params.features.min_code_patients)
 
         def pick(frame: pl.DataFrame):
-            return X[np.array([at[s] for s in frame["subject_id"].to_list()])]  # noqa: B023 (used at once)
+            ids = frame.select(pl.lit(task).alias("task"), "subject_id", "prediction_time").iter_rows()  # noqa: B023
+            return X[np.array([at[key] for key in ids])][:, used]  # noqa: B023
 
         X_test = pick(plan.test)
         for (k, r), (train, val) in plan.draws.items():
