@@ -898,7 +898,12 @@ def use_profile(name: str, root: Path | None = None) -> list[str]:
                 if target.get(key) != value:
                     changed.append(dotted)
                 if isinstance(value, list) and isinstance(target.get(key), list):
-                    target[key][:] = value  # in place: keeps the list's flow style and its comment
+                    # In place: keeps the list's comment. An empty list reads back with no style (written `[]`),
+                    # so it is refilled in flow style, as params.yaml spells every short list.
+                    flow = target[key].fa.flow_style() or not target[key]
+                    target[key][:] = value
+                    if flow:
+                        target[key].fa.set_flow_style()
                 else:
                     target[key] = value
 

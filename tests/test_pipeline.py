@@ -344,8 +344,8 @@ def test_transfer_stage_writes_the_kshot_study_and_the_embedding_analysis(tiny_s
     params = load_params(copy / "params.yaml")
     out, reports = copy / "data" / "transfer", copy / "reports" / "transfer"
     m = json.loads((copy / "data" / "metrics" / "transfer.json").read_text())
-    transferred = [t for t in TASKS if "skipped" not in m[t]]
-    assert transferred and all(m[t]["skipped"] for t in TASKS if t not in transferred)
+    transferred = [t for t in TASKS if not m[t]["skipped"]]  # the reason a task was not transferred, or None
+    assert transferred and any(m[t]["shots"] for t in transferred)  # the tiny pools: k = 4 for some tasks
     for task in transferred:
         test = pl.read_parquet(out / task / "test.parquet")
         splits = pl.read_parquet(copy / "data" / "cohort" / "splits.parquet")
