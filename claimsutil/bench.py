@@ -6,6 +6,7 @@
                                          --width-step 0 --micro-tokens 4096 --compile]  (needs the bench extra)
     python -m claimsutil.bench generate [--scale xl --batch 64 --prompt 64 --new 64 --threads 1]  (bench extra)
     python -m claimsutil.bench probe [--scales m,l,xl --seeds 1,2 --steps 600 --tokens-per-step 4096]
+    python -m claimsutil.bench scale --patients 100000,500000,2300000 [--profile paper]  (claimsutil.scalebench)
 
 The last line of each subcommand is machine-readable, e.g. `events_per_s=1234567 peak_rss_mib=812`.
 Peak RSS is sampled over the whole process tree (the parent and its worker processes together).
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 
 import psutil
+
+from claimsutil import scalebench
 
 
 class PeakRSS:
@@ -578,9 +581,11 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--new", type=int, default=64, help="new tokens per patient")
     gen.add_argument("--seconds", type=float, default=20.0, help="timed seconds per model")
     gen.add_argument("--threads", type=int, default=1)
+    scale = sub.add_parser("scale", help="the data stages at N patients: seconds, peak RSS and growth in N")
+    scalebench.add_arguments(scale)
     args = parser.parse_args(argv)
     commands = {"synth": bench_synth, "features": bench_features, "pretrain": bench_pretrain, "probe": bench_probe,
-                "generate": bench_generate}  # fmt: skip
+                "generate": bench_generate, "scale": scalebench.bench_scale}  # fmt: skip
     line = commands[args.command](args)
     print(line)
     return 0
