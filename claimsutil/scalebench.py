@@ -35,7 +35,6 @@ import os
 import shutil
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +43,9 @@ STAGES = ("synthesize", "splits", "describe", "cohort", "tokenize", "features", 
 
 
 # ----------------------------------------------------------------------------------------------- params
-def scale_params(root: Path, work: Path, profile: str, patients: int, oracle_replicates: int | None, workers: int):
-    """params.yaml of ROOT switched to PROFILE in WORK, with `synth.patients` = PATIENTS (and the workers and
-    oracle replicates of the bench). Returns the path of WORK's params.yaml."""
+def scale_params(root: Path, work: Path, profile: str) -> Path:
+    """params.yaml of ROOT switched to PROFILE in WORK (`_load` then sets the bench's N, workers and oracle
+    replicates). Returns the path of WORK's params.yaml."""
     from claimsutil.config import PARAMS_FILE, PROFILES_DIR, use_profile
 
     work.mkdir(parents=True, exist_ok=True)
@@ -171,11 +170,11 @@ def stage_features(work: Path, params, task: str) -> dict:
     events = open_events(_events(work, params))
     labels, rows = _task_labels(work, task)
     vocab = features.fit_vocabulary(events, rows.filter(labels["split"] == "train"), params.features)
-    X, _ = features.count_features_with_stats(events, rows, vocab)
-    sp.save_npz(work / "features.npz", sp.csr_matrix(X))
+    X = sp.csr_matrix(features.count_features_with_stats(events, rows, vocab)[0])
+    sp.save_npz(work / "features.npz", X)
     rows.with_columns(labels["split"]).write_parquet(work / "feature_rows.parquet")
     train = int((labels["split"] == "train").sum())
-    return {"rows": X.shape[0], "columns": X.shape[1], "nonzero": int(sp.csr_matrix(X).nnz), "train": train,
+    return {"rows": X.shape[0], "columns": X.shape[1], "nonzero": int(X.nnz), "train": train,
             "positives": int(rows["boolean_value"].sum())}  # fmt: skip
 
 
@@ -229,8 +228,7 @@ def _child(name: str, work: str, params_path: str, patients: int, oracle_replica
         out = STAGE_FUNCTIONS[name](Path(work), params, task)
         Path(result_file).write_text(json.dumps({"ok": True, "detail": out}, default=str))
     except Exception as e:  # reported by the parent with the stage's name, never a bare traceback
-        Path(result_file).write_text(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}",
-                                                 "trace": traceback.format_exc(limit=6)}))  # fmt: skip
+        Path(result_file).write_text(json.dumps({"ok": False, "error": f"{type(e).__name__}: {e}"}))
 
 
 def run_stage(name: str, work: Path, params_path: Path, patients: int, oracle_replicates: int | None, workers: int,
@@ -279,7 +277,7 @@ def bench_scale(args: argparse.Namespace) -> str:
     try:
         for n in ns:
             work = base / f"patients-{n}"
-            params_path = scale_params(root, work, args.profile, n, args.oracle_replicates, args.workers)
+            params_path = scale_params(root, work, args.profile)
             print(f"# {n:,} patients, profile {args.profile}, {args.workers} worker(s), task {args.task}: {work}",
                   flush=True)  # fmt: skip
             for name in stages:
@@ -297,8 +295,7 @@ def bench_scale(args: argparse.Namespace) -> str:
                     d = r["detail"]
                     projected = d["labels_s"] + d["oracle_s"] * full / max(1, d["oracle_replicates"])
                     print(f"  cohort at the profile's {full} oracle replicates: about {projected:.0f} s (projected)")
-                if not r["ok"]:
-                    print(r.get("trace", ""))
+                if not r["ok"]:  # the later stages read this one's files
                     break
             if not args.keep and n != ns[-1]:
                 shutil.rmtree(work, ignore_errors=True)

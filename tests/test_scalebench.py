@@ -20,7 +20,7 @@ def test_growth_exponent_recovers_planted_powers():
 
 
 def test_params_are_the_profile_at_n_patients(tmp_path):
-    path = scalebench.scale_params(ROOT, tmp_path, "paper", 130_000, 7, 2)
+    path = scalebench.scale_params(ROOT, tmp_path, "paper")
     params = scalebench._load(path, 130_000, 7, 2)
     assert params.profile == "paper" and params.cohort.test_negatives is None  # every test patient scored
     assert params.synth.patients == 130_000 and params.synth.workers == 2 and params.cohort.workers == 2
@@ -33,7 +33,7 @@ def test_params_are_the_profile_at_n_patients(tmp_path):
 
 
 def test_a_failing_stage_is_reported_by_name_not_a_traceback(tmp_path):
-    path = scalebench.scale_params(ROOT, tmp_path, "tiny", 2_500, None, 1)
+    path = scalebench.scale_params(ROOT, tmp_path, "tiny")
     result = scalebench.run_stage("splits", tmp_path, path, 2_500, None, 1, "hypertension")  # no data/meds yet
     assert result["ok"] is False and "meds" in result["error"] and result["seconds"] > 0
 
