@@ -78,7 +78,17 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from claimsutil.config import TokenizeConfig
-from claimsutil.meds import BIRTH_CODE, BOOKKEEPING_CODES, FAMILY_BY_PREFIX, SUSPECTED, Events, code_family, open_events
+from claimsutil.meds import (
+    BIRTH_CODE,
+    BOOKKEEPING_CODES,
+    FAMILY_BY_PREFIX,
+    SUSPECTED,
+    Events,
+    code_family,
+    open_events,
+    scan_shard,
+    subject_ranges,
+)
 
 __all__ = [
     "FAMILIES",
@@ -106,6 +116,10 @@ US_PER_DAY = 86_400_000_000
 TOP_UNKNOWN = 20
 STORE_FILES = ("tokens", "ages", "times", "visits")  # packed per-token arrays
 FORMAT_VERSION = 1
+# Subjects read at once: a shard is read one range of its subjects at a time, so the memory of every pass is
+# that of SUBJECTS_PER_READ patients (about 1.4 GiB at the synthetic world's 640 records per patient), whatever
+# the shard size. Execution only: the outputs are the same bytes for any value.
+SUBJECTS_PER_READ = 10_000
 
 
 STORE_CONFIG_FIELDS = ("min_count", "repeats", "include_static", "max_len")  # what the store's bytes depend on
@@ -209,17 +223,32 @@ class _Shard:
     removed: int  # tokens dropped by the repeats policy
 
 
-def _read_shard(events: Events, path: Path, config: TokenizeConfig, only: pl.DataFrame | None = None) -> _Shard:
-    """One shard's tokens, read through the study's view (records after death or past the end left out)."""
-    df = events.scan(path).select("subject_id", "time", "code", "suspected")
+def _reads(events: Events, progress: bool = False, desc: str = "", max_shards: int | None = None):
+    """(shard number, shard path, subject range) of every read: each shard in ranges of SUBJECTS_PER_READ."""
+    for i, path in enumerate(tqdm(events.paths[:max_shards], desc=desc, unit="shard", disable=not progress)):
+        for subjects in subject_ranges(path, SUBJECTS_PER_READ):
+            yield i, path, subjects
+
+
+def _read_shard(
+    events: Events,
+    path: Path,
+    config: TokenizeConfig,
+    only: pl.DataFrame | None = None,
+    subjects: tuple[int, int] | None = None,
+) -> _Shard:
+    """The tokens of shard PATH (of its SUBJECTS range when given), read through the study's view (records
+    after death or past the end left out)."""
+    df = events.scan(path, subjects).select("subject_id", "time", "code", "suspected")
     if only is not None:
         df = df.join(only.lazy(), on="subject_id", how="semi")
     df = df.collect()
     for column in ("subject_id", "code"):
-        nulls = df.with_row_index("row").filter(pl.col(column).is_null())
-        if nulls.height:
+        if df[column].null_count():  # counted and located in the whole file, the row a user can look up
+            rows = scan_shard(path).select(pl.col(column).is_null()).with_row_index("row").filter(pl.col(column))
+            nulls = rows.select(n=pl.len(), first=pl.col("row").min()).collect()
             raise ValueError(
-                f"{path}: {nulls.height} null value(s) in column {column} (first at row {nulls['row'][0]})"
+                f"{path}: {nulls['n'][0]} null value(s) in column {column} (first at row {nulls['first'][0]})"
             )
     not_token = pl.col("code").is_in(NOT_TOKENS)
     if not config.include_static:
@@ -301,8 +330,8 @@ def build_vocabulary(
         raise ValueError("build_vocabulary: no pretraining subject ids")
     counts: Counter[str] = Counter()
     found = 0
-    for path in tqdm(events.paths, desc="vocabulary", unit="shard", disable=not progress):
-        shard = _read_shard(events, path, config, only=ids)
+    for _, path, subjects in _reads(events, progress, "vocabulary"):
+        shard = _read_shard(events, path, config, only=ids, subjects=subjects)
         found += shard.subjects.size
         counts.update(dict(shard.events.group_by("token").len().iter_rows()))
     if found == 0:
@@ -467,11 +496,10 @@ def build_store(
     unknown: Counter[str] = Counter()
     parts: list[tuple[np.ndarray, Path]] = []
     paths = events.paths
-    bar = tqdm(paths, desc="tokenize", unit="shard", disable=not progress)
-    for i, path in enumerate(bar):
-        shard = _read_shard(events, path, config)
+    for _, path, subjects in _reads(events, progress, "tokenize"):
+        shard = _read_shard(events, path, config, subjects=subjects)
         arrays, unk = _shard_arrays(shard, vocab_frame)
-        part = parts_dir / f"{i:05d}"
+        part = parts_dir / f"{len(parts):06d}"
         part.mkdir()
         for name, values in arrays.items():
             np.save(part / f"{name}.npy", values)
@@ -482,7 +510,6 @@ def build_store(
         unknown.update(dict(unk.iter_rows()))
         stats.subjects_without_birth += int(shard.subjects.size - shard.births.height)
         stats.subjects_without_events += int(np.sum(arrays["visits"][np.cumsum(arrays["lengths"]) - 1] == 0))
-        bar.set_postfix(subjects=sum(s.size for s, _ in parts))
     subjects, offsets = _place(parts, out_dir)
     shutil.rmtree(parts_dir)
     np.save(out_dir / "subjects.npy", subjects)
@@ -608,9 +635,9 @@ def compare_repeats(
     per_policy: dict[str, list[np.ndarray]] = {p: [] for p in REPEATS_POLICIES}
     pairs: dict[str, int] = dict.fromkeys(REPEATS_POLICIES, 0)
     events = open_events(meds_root)
-    for path in events.paths[:max_shards]:
+    for _, path, subjects in _reads(events, max_shards=max_shards):
         for policy in REPEATS_POLICIES:
-            shard = _read_shard(events, path, replace(config, repeats=policy))
+            shard = _read_shard(events, path, replace(config, repeats=policy), subjects=subjects)
             n = pl.DataFrame({"subject_id": shard.subjects}).join(
                 shard.events.group_by("subject_id").len(), on="subject_id", how="left"
             )

@@ -396,6 +396,38 @@ def test_same_bytes_twice_and_whatever_the_sharding(synth, tmp_path: Path) -> No
         assert (tmp_path / "a" / f"{name}.npy").read_bytes() == (tmp_path / "c" / f"{name}.npy").read_bytes(), name
 
 
+def test_reading_a_shard_in_subject_ranges_gives_the_same_bytes(synth, tmp_path: Path, monkeypatch) -> None:
+    root, splits = synth
+    config = tok.TokenizeConfig()
+    vocab = tok.build_vocabulary(root, pretrain_ids(splits), config)
+    whole = tok.build_store(root, vocab, tmp_path / "whole", config)
+    monkeypatch.setattr(tok, "SUBJECTS_PER_READ", 300)
+    reads = list(tok._reads(tok.open_events(root)))
+    assert len(reads) > 2 * len(shard_paths(root))  # several ranges per shard, each of at most 300 subjects
+    assert tok.build_vocabulary(root, pretrain_ids(splits), config) == vocab
+    ranged = tok.build_store(root, vocab, tmp_path / "ranged", config)
+    assert ranged == whole
+    for name in [*(f"{n}.npy" for n in ARRAYS), "stats.json"]:
+        assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "ranged" / name).read_bytes(), name
+    assert tok.compare_repeats(root, config, max_shards=1) == _repeats_whole(root, config, monkeypatch)
+
+
+def _repeats_whole(root: Path, config: tok.TokenizeConfig, monkeypatch) -> dict:
+    monkeypatch.setattr(tok, "SUBJECTS_PER_READ", 10**9)
+    return tok.compare_repeats(root, config, max_shards=1)
+
+
+def test_a_null_subject_id_is_named_with_its_file_and_row(tmp_path: Path) -> None:
+    root = write_shards(tmp_path / "meds", [[(1, month(0), "ICD10/I10"), (2, month(1), "ICD10/E11")]])
+    path = root / "data" / "0.parquet"
+    frame = pl.read_parquet(path)
+    frame.with_columns(
+        subject_id=pl.when(pl.int_range(pl.len()) == 1).then(None).otherwise("subject_id")
+    ).write_parquet(path)
+    with pytest.raises(ValueError, match=r"0\.parquet: 1 null value\(s\) in column subject_id \(first at row 1\)"):
+        tok.build_vocabulary(root, [1, 2])
+
+
 # --- other MEDS datasets ----------------------------------------------------------------------------------
 
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -197,6 +198,22 @@ def scan_shard(path: str | Path) -> pl.LazyFrame:
     )
 
 
+def subject_ranges(path: str | Path, size: int) -> list[tuple[int, int]]:
+    """The subject ids of shard PATH in ranges (lo, hi) of at most SIZE subjects each, in order, for
+    `Events.scan(path, subjects=...)`. Raises MEDSFormatError, naming the file and the first row, when a
+    subject_id is null (such a record belongs to no range)."""
+    if size < 1:
+        raise ValueError(f"subject_ranges: size must be >= 1 (got {size})")
+    ids = scan_shard(path).select(pl.col("subject_id").unique()).collect(engine="streaming")["subject_id"]
+    if ids.null_count():
+        rows = scan_shard(path).select(pl.col("subject_id").is_null()).with_row_index("row")
+        nulls = rows.filter(pl.col("subject_id")).select(n=pl.len(), first=pl.col("row").min()).collect()
+        raise MEDSFormatError(f"{path}: {nulls['n'][0]} null value(s) in column subject_id (first at row "
+                              f"{nulls['first'][0]})")  # fmt: skip
+    ids = np.sort(ids.to_numpy())
+    return [(int(ids[i]), int(ids[min(i + size, ids.size) - 1])) for i in range(0, ids.size, size)]
+
+
 def drop_reason(end: dt.datetime) -> pl.Expr:
     """Why the study leaves a record out: "after_death", "after_data_end", or null (kept). Needs the columns
     of `scan_shard`; see the module docstring for the rules."""
@@ -326,9 +343,14 @@ class Events:
                 totals[reason] += n
         return totals
 
-    def scan(self, path: Path) -> pl.LazyFrame:
-        """Shard PATH as `scan_shard`, without the records the study leaves out."""
+    def scan(self, path: Path, subjects: tuple[int, int] | None = None) -> pl.LazyFrame:
+        """Shard PATH as `scan_shard`, without the records the study leaves out. SUBJECTS (lo, hi): only the
+        subjects with lo <= subject_id <= hi, filtered before anything else, so a reader of a large shard holds
+        one range of its subjects at a time (parquet row groups outside the range are skipped by their
+        statistics); the view of a subject does not depend on the other subjects."""
         lf = scan_shard(path)
+        if subjects is not None:
+            lf = lf.filter(pl.col("subject_id").is_between(*subjects))
         if not self._drops[path]:
             return lf  # nothing to leave out: no per-subject window over the shard
         return lf.filter(drop_reason(self.window.end).is_null())
