@@ -7,6 +7,8 @@
     python -m claimsutil.bench generate [--scale xl --batch 64 --prompt 64 --new 64 --threads 1]  (bench extra)
     python -m claimsutil.bench probe [--scales m,l,xl --seeds 1,2 --steps 600 --tokens-per-step 4096]
     python -m claimsutil.bench scale --patients 100000,500000,2300000 [--profile paper]  (claimsutil.scalebench)
+    python -m claimsutil.bench paper [--scales xs,s,m,l,xl --precisions fp32,bf16]      (claimsutil.paperbench)
+    python -m claimsutil.bench gpu [--scales xs,s,m,l,xl --steps 10]  (CUDA; without it says so and exits 0)
 
 The last line of each subcommand is machine-readable, e.g. `events_per_s=1234567 peak_rss_mib=812`.
 Peak RSS is sampled over the whole process tree (the parent and its worker processes together).
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import psutil
 
-from claimsutil import scalebench
+from claimsutil import paperbench, scalebench
 
 
 class PeakRSS:
@@ -583,9 +585,14 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--threads", type=int, default=1)
     scale = sub.add_parser("scale", help="the data stages at N patients: seconds, peak RSS and growth in N")
     scalebench.add_arguments(scale)
+    paper = sub.add_parser("paper", help="the paper's five model shapes on this CPU: tokens/s, memory, hours")
+    paperbench.add_arguments(paper, gpu=False)
+    gpu = sub.add_parser("gpu", help="the paper's five model shapes on CUDA: tokens/s, MFU, hours (exits 0 without)")
+    paperbench.add_arguments(gpu, gpu=True)
     args = parser.parse_args(argv)
     commands = {"synth": bench_synth, "features": bench_features, "pretrain": bench_pretrain, "probe": bench_probe,
-                "generate": bench_generate, "scale": scalebench.bench_scale}  # fmt: skip
+                "generate": bench_generate, "scale": scalebench.bench_scale, "paper": paperbench.bench_paper,
+                "gpu": paperbench.bench_gpu}  # fmt: skip
     line = commands[args.command](args)
     print(line)
     return 0

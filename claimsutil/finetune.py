@@ -47,7 +47,7 @@ from claimsutil.batching import pack_rows, rows_to_tensors
 from claimsutil.cohort import read_labels, read_sample
 from claimsutil.config import EvaluationParams, FinetuneConfig
 from claimsutil.metrics import INITS
-from claimsutil.model import ClaimsEncoder, EncoderClassifier, ModelConfig, autocast_for, uses_bf16
+from claimsutil.model import ClaimsEncoder, EncoderClassifier, ModelConfig, autocast_for, to_device, uses_bf16
 from claimsutil.splits import task_key
 
 # --------------------------------------------------------------------------------------------- samples
@@ -68,8 +68,7 @@ def pack_batch(seqs: list[tok.Sequence], row_len: int) -> tuple[dict[str, torch.
 
 
 def _logits(model: EncoderClassifier, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    device = model.head.weight.device
-    b = {k: v.to(device) for k, v in batch.items()}
+    b = to_device(batch, model.head.weight.device)
     return model(b["tokens"], b["ages"], b["visits"], b["segments"])  # (P,)
 
 
@@ -158,10 +157,11 @@ def train_classifier(model: EncoderClassifier, train: tuple[list, np.ndarray], v
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())  # kept on the device: no host sync per batch
         val_probs = predict_proba(model, val[0], row_len, config.eval_tokens, config.bf16)
         val_auprc = float(average_precision_score(val[1], val_probs))
-        history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "val_auprc": val_auprc})
+        train_loss = float(np.mean(torch.stack(losses).double().cpu().numpy()))
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_auprc": val_auprc})
         if val_auprc > best["auprc"]:
             best = {"auprc": val_auprc, "epoch": epoch, "state": {k: v.clone() for k, v in model.state_dict().items()}}
         elif epoch - best["epoch"] >= config.patience:

@@ -441,6 +441,14 @@ def autocast_for(device: torch.device, bf16: bool | str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """BATCH's tensors on DEVICE. To a GPU through pinned memory with non-blocking copies, so the copy runs
+    while the GPU still works on what was queued before it; elsewhere `.to` (a no-op on the CPU)."""
+    if device.type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v if v.device == device else v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Sum over rows of cross_entropy(x @ weight.T, y), with its gradients computed in the forward pass, a block
     of rows at a time: the (rows, V) logits of a block stay in cache and are never stored, and softmax is

@@ -56,6 +56,7 @@ from claimsutil.model import (
     ModelConfig,
     autocast_for,
     masking,
+    to_device,
     uses_bf16,
 )
 from claimsutil.timeline import GEN_FAMILIES, Timeline
@@ -352,17 +353,21 @@ def _setup_distributed(device_name: str) -> tuple[int, int, torch.device, bool]:
         enough = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
         device_name = "cuda" if enough else "cpu"
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    device = torch.device("cpu")
+    if device_name == "cuda":
+        # The process's GPU is set before the process group starts, so NCCL binds each rank to its own GPU.
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
     started = False
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device_name == "cuda" else "gloo")
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
         started = True
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
-    if device_name == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local), started
-    return rank, world, torch.device("cpu"), started
+    return rank, world, device, started
 
 
 def store_indices(store: tok.TokenStore, ids) -> np.ndarray:
@@ -423,27 +428,30 @@ def train_step(run: Run, model, ddp, stream: PackedRows, rows: list[list[int]], 
                 counters["pad"] += width - real
                 counters["processed"] += width
     families = objective.families
-    logged = torch.zeros(len(families) + 1, dtype=torch.float64)
-    for k, (width, full, extra, part) in enumerate(plan):
+    # On a GPU each group goes over once (pinned, non-blocking) and its micro-batches are sliced there; the
+    # losses are summed on the device and read once per step, so no micro-batch waits on the host.
+    on_device = {id(full): (to_device(full, run.device), to_device(extra, run.device)) for _, full, extra, _ in plan}
+    logged = torch.zeros(len(families) + 1, dtype=torch.float64, device=run.device)
+    for k, (width, full, _, part) in enumerate(plan):
         if not part:  # an idle slot
-            batch = {key: torch.zeros((1, width), dtype=v.dtype) for key, v in full.items()}
+            batch = {key: torch.zeros((1, width), dtype=v.dtype, device=run.device) for key, v in full.items()}
             sel_extra = objective.idle(batch)
             counters["pad"] += width
             counters["processed"] += width
         else:
-            sel = torch.tensor(part, dtype=torch.long)
-            batch = {key: v[sel] for key, v in full.items()}
-            sel_extra = {key: v[sel] for key, v in extra.items()}
+            sel = torch.tensor(part, dtype=torch.long).to(run.device)
+            full_d, extra_d = on_device[id(full)]
+            batch = {key: v[sel] for key, v in full_d.items()}
+            sel_extra = {key: v[sel] for key, v in extra_d.items()}
         sync = k == len(plan) - 1 or ddp is None
         with nullcontext() if sync else ddp.no_sync():  # only the last micro-batch all-reduces gradients
             with autocast_for(run.device, config.bf16):
                 loss, shares = objective.loss(base, batch, sel_extra, totals, run.device)
             (loss * world).backward()  # x world: DDP averages over ranks, the step loss is a global mean
-        logged += torch.tensor(
-            [float(loss.detach())] + [float(shares[f].detach()) for f in families], dtype=torch.float64
-        )
+        logged += torch.stack([t.detach().double() for t in (loss, *(shares[f] for f in families))])
     if world > 1:
         dist.all_reduce(logged)
+    logged = logged.cpu()
     counters["tokens"] += int(sum(int(stream.lengths[row].sum()) for row in rows))
     # Positions the output heads run at: every masked position (encoder), every next-token target (decoder).
     counters["masked"] = counters.get("masked", 0) + objective.targets(totals)
@@ -595,8 +603,9 @@ def _checkpoint(run: Run, model: ClaimsEncoder, optimizer, state: RunState, elap
 def _metrics(run: Run, model: ClaimsEncoder, state: RunState) -> dict[str, Any]:
     totals = dict(state.counters)
     if run.world > 1:  # pad and processed are per rank; tokens are counted for the whole step on every rank
-        t = torch.tensor([totals["pad"], totals["processed"]], dtype=torch.float64)
-        dist.all_reduce(t)
+        t = torch.tensor([totals["pad"], totals["processed"]], dtype=torch.float64, device=run.device)
+        dist.all_reduce(t)  # on the run's device: NCCL reduces only GPU tensors
+        t = t.cpu()
         totals["pad"], totals["processed"] = int(t[0]), int(t[1])
     last_val = next((h for h in reversed(state.history) if "val_loss_total" in h), {})
     return {
