@@ -7,6 +7,7 @@
     python -m claimsutil.bench generate [--scale xl --batch 64 --prompt 64 --new 64 --threads 1]  (bench extra)
     python -m claimsutil.bench probe [--scales m,l,xl --seeds 1,2 --steps 600 --tokens-per-step 4096]
     python -m claimsutil.bench scale --patients 100000,500000,2300000 [--profile paper]  (claimsutil.scalebench)
+    python -m claimsutil.bench shards --meds DIR [--workers 1,2]  (tokenize's shards over a process pool)
     python -m claimsutil.bench paper [--scales xs,s,m,l,xl --precisions fp32,bf16]      (claimsutil.paperbench)
     python -m claimsutil.bench gpu [--scales xs,s,m,l,xl --steps 10]  (CUDA; without it says so and exits 0)
 
@@ -181,6 +182,39 @@ def bench_features(args: argparse.Namespace) -> str:
 
 
 # ------------------------------------------------------------------------------------------- pretrain
+
+
+def bench_shards(args: argparse.Namespace) -> str:
+    """The token store of a MEDS dataset built with its shards mapped over a process pool of each worker count:
+    seconds, speed-up over one worker and whether the bytes are the same."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    import polars as pl
+
+    from claimsutil import tokenize as tok
+    from claimsutil.meds import Events
+
+    events = Events(args.meds)
+    workers = [int(w) for w in str(args.workers).split(",")]
+    ids = pl.concat([events.scan(p).select("subject_id").unique().collect() for p in events.paths])["subject_id"]
+    vocab = tok.build_vocabulary(events, ids.to_numpy(), tok.TokenizeConfig(max_len=args.max_len))
+    work = Path(tempfile.mkdtemp(prefix="claims-bench-"))
+    print(f"{len(events.paths)} shards, {ids.len():,} patients, vocabulary {len(vocab):,}: {args.meds}", flush=True)
+    seconds, stores = {}, {}
+    try:
+        for w in workers:
+            with PeakRSS() as rss, ProcessPoolExecutor(w, mp_context=mp.get_context("spawn")) as pool:
+                t0 = time.perf_counter()
+                tok.build_store(events, vocab, work / f"w{w}", map_fn=pool.map)
+                seconds[w] = time.perf_counter() - t0
+            stores[w] = {p.name: p.read_bytes() for p in sorted((work / f"w{w}").glob("*.npy"))}
+            same = stores[w] == stores[workers[0]]
+            print(f"workers={w} seconds={seconds[w]:.1f} speedup={seconds[workers[0]] / seconds[w]:.2f} "
+                  f"peak_rss_mib={rss.mib:.0f} same_bytes={same}", flush=True)  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return " ".join(f"speedup_{w}={seconds[workers[0]] / seconds[w]:.2f}" for w in workers[1:]) or "speedup=1.00"
 
 
 def gemm_peak_flops(n: int = 2048, repeats: int = 5, dtype=None) -> float:
@@ -585,6 +619,10 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--threads", type=int, default=1)
     scale = sub.add_parser("scale", help="the data stages at N patients: seconds, peak RSS and growth in N")
     scalebench.add_arguments(scale)
+    shards = sub.add_parser("shards", help="tokenize's shards over a process pool: speed-up per worker count")
+    shards.add_argument("--meds", required=True, help="a MEDS dataset (e.g. one `bench scale --keep` wrote)")
+    shards.add_argument("--workers", default="1,2", help="worker counts, the first is the reference")
+    shards.add_argument("--max-len", type=int, default=512)
     paper = sub.add_parser("paper", help="the paper's five model shapes on this CPU: tokens/s, memory, hours")
     paperbench.add_arguments(paper, gpu=False)
     gpu = sub.add_parser("gpu", help="the paper's five model shapes on CUDA: tokens/s, MFU, hours (exits 0 without)")
@@ -592,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     commands = {"synth": bench_synth, "features": bench_features, "pretrain": bench_pretrain, "probe": bench_probe,
                 "generate": bench_generate, "scale": scalebench.bench_scale, "paper": paperbench.bench_paper,
-                "gpu": paperbench.bench_gpu}  # fmt: skip
+                "gpu": paperbench.bench_gpu, "shards": bench_shards}  # fmt: skip
     line = commands[args.command](args)
     print(line)
     return 0

@@ -67,6 +67,7 @@ import json
 import logging
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -465,6 +466,50 @@ def _place(parts: list[tuple[np.ndarray, Path]], out_dir: Path) -> tuple[np.ndar
     return subjects[order], offsets
 
 
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard's share of `build_store`, self-contained and picklable: what a worker of any engine needs."""
+
+    events: Events
+    path: Path
+    number: int
+    config: TokenizeConfig
+    vocab_frame: pl.DataFrame
+    parts_dir: Path
+
+
+@dataclass
+class ShardResult:
+    parts: list[tuple[np.ndarray, Path]]  # (subjects, folder) per subject range, in order
+    records: int = 0
+    removed: int = 0
+    excluded: Counter = field(default_factory=Counter)
+    unknown: Counter = field(default_factory=Counter)
+    without_birth: int = 0
+    without_events: int = 0
+
+
+def tokenize_shard(job: ShardJob) -> ShardResult:
+    """Tokenize one shard (a range of SUBJECTS_PER_READ subjects at a time) into parts under JOB.parts_dir.
+    Independent of every other shard: `build_store` maps it over the shard list with any map."""
+    result = ShardResult(parts=[])
+    for k, subjects in enumerate(subject_ranges(job.path, SUBJECTS_PER_READ)):
+        shard = _read_shard(job.events, job.path, job.config, subjects=subjects)
+        arrays, unk = _shard_arrays(shard, job.vocab_frame)
+        part = job.parts_dir / f"{job.number:05d}-{k:05d}"
+        part.mkdir()
+        for name, values in arrays.items():
+            np.save(part / f"{name}.npy", values)
+        result.parts.append((shard.subjects, part))
+        result.records += shard.records
+        result.removed += shard.removed
+        result.excluded.update(shard.excluded)
+        result.unknown.update(dict(unk.iter_rows()))
+        result.without_birth += int(shard.subjects.size - shard.births.height)
+        result.without_events += int(np.sum(arrays["visits"][np.cumsum(arrays["lengths"]) - 1] == 0))
+    return result
+
+
 def build_store(
     meds_root: Events | str | Path,
     vocab: Vocabulary,
@@ -472,8 +517,14 @@ def build_store(
     config: TokenizeConfig | None = None,
     *,
     progress: bool = False,
+    map_fn: Callable = map,
 ) -> StoreStats:
-    """Tokenize every patient of MEDS_ROOT into OUT_DIR (replaced); see the module docstring for the layout."""
+    """Tokenize every patient of MEDS_ROOT into OUT_DIR (replaced); see the module docstring for the layout.
+
+    MAP_FN(tokenize_shard, jobs) runs the shards' jobs and yields their results in order: the built-in `map`
+    (one process), a `concurrent.futures` executor's `map`, or a cluster's (Dask: `lambda f, jobs:
+    client.gather(client.map(f, list(jobs)))`); every worker must see OUT_DIR. The bytes are the same whatever
+    runs them."""
     config = config or vocab.config
     events = open_events(meds_root)
     for name in ("repeats", "include_static"):
@@ -496,20 +547,17 @@ def build_store(
     unknown: Counter[str] = Counter()
     parts: list[tuple[np.ndarray, Path]] = []
     paths = events.paths
-    for _, path, subjects in _reads(events, progress, "tokenize"):
-        shard = _read_shard(events, path, config, subjects=subjects)
-        arrays, unk = _shard_arrays(shard, vocab_frame)
-        part = parts_dir / f"{len(parts):06d}"
-        part.mkdir()
-        for name, values in arrays.items():
-            np.save(part / f"{name}.npy", values)
-        parts.append((shard.subjects, part))
-        stats.records += shard.records
-        stats.repeats_removed += shard.removed
-        excluded.update(shard.excluded)
-        unknown.update(dict(unk.iter_rows()))
-        stats.subjects_without_birth += int(shard.subjects.size - shard.births.height)
-        stats.subjects_without_events += int(np.sum(arrays["visits"][np.cumsum(arrays["lengths"]) - 1] == 0))
+    events.dropped  # noqa: B018 - the view's per-shard counts, computed once here rather than in every worker
+    jobs = [ShardJob(events, path, i, config, vocab_frame, parts_dir) for i, path in enumerate(paths)]
+    results = map_fn(tokenize_shard, jobs)
+    for result in tqdm(results, total=len(jobs), desc="tokenize", unit="shard", disable=not progress):
+        parts.extend(result.parts)
+        stats.records += result.records
+        stats.repeats_removed += result.removed
+        excluded.update(result.excluded)
+        unknown.update(result.unknown)
+        stats.subjects_without_birth += result.without_birth
+        stats.subjects_without_events += result.without_events
     subjects, offsets = _place(parts, out_dir)
     shutil.rmtree(parts_dir)
     np.save(out_dir / "subjects.npy", subjects)

@@ -33,3 +33,14 @@ def test_padding_share_of_dynamic_padding_pads_to_the_longest():
     assert padding_share([[10], [4], [2]]) == pytest.approx(1 - 16 / 30)
     assert padding_share([]) == 0.0
     assert padding_share([[5], [5]]) == 0.0
+
+
+def test_bench_shards_prints_the_speedup_and_the_same_bytes(generated_meds, capsys):
+    from claimsutil import bench
+
+    assert bench.main(["shards", "--meds", str(generated_meds), "--workers", "1,2", "--max-len", "64"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    lines = [line for line in out if line.startswith("workers=")]
+    assert [line.split()[0] for line in lines] == ["workers=1", "workers=2"]
+    assert all("same_bytes=True" in line for line in lines) and "speedup=1.00" in lines[0]
+    assert out[-1].startswith("speedup_2=")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -410,6 +412,18 @@ def test_reading_a_shard_in_subject_ranges_gives_the_same_bytes(synth, tmp_path:
     for name in [*(f"{n}.npy" for n in ARRAYS), "stats.json"]:
         assert (tmp_path / "whole" / name).read_bytes() == (tmp_path / "ranged" / name).read_bytes(), name
     assert tok.compare_repeats(root, config, max_shards=1) == _repeats_whole(root, config, monkeypatch)
+
+
+def test_shards_run_by_a_process_pool_give_the_same_bytes(synth, tmp_path: Path) -> None:
+    root, splits = synth
+    config = tok.TokenizeConfig()
+    vocab = tok.build_vocabulary(root, pretrain_ids(splits), config)
+    one = tok.build_store(root, vocab, tmp_path / "one", config)
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("spawn")) as pool:
+        two = tok.build_store(root, vocab, tmp_path / "two", config, map_fn=pool.map)
+    assert one == two and one.shards == 2
+    for name in [*(f"{n}.npy" for n in ARRAYS), "stats.json"]:
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
 
 
 def _repeats_whole(root: Path, config: tok.TokenizeConfig, monkeypatch) -> dict:
