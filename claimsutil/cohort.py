@@ -218,7 +218,7 @@ def build_tasks(events: Events | str | Path, specs: tuple[TaskSpec, ...], seed: 
 def sample_budgets(labels: pl.DataFrame, splits: pl.DataFrame, task: str, params: CohortParams,
                    budgets: tuple[int, ...] | None = None) -> pl.DataFrame:  # fmt: skip
     """Balanced (1:1) samples of the training patients for each label budget (BUDGETS, default
-    `cohort.budgets`: a task's own `budgets`) and seed.
+    `cohort.budgets` up to the task's `max_budget`) and seed.
 
     Columns: subject_id, budget, seed. Raises CohortError when a budget needs more positives than exist.
     """
@@ -231,8 +231,8 @@ def sample_budgets(labels: pl.DataFrame, splits: pl.DataFrame, task: str, params
         if len(pos) < half or len(neg) < half:
             raise CohortError(
                 f"task '{task}': label budget {budget} needs {half} positives and {half} negatives in the training "
-                f"split, which has {len(pos)} positives and {len(neg)} negatives (set `tasks.{task}.budgets` to "
-                "budgets it can fill)"
+                f"split, which has {len(pos)} positives and {len(neg)} negatives (set `tasks.{task}.max_budget` to "
+                f"at most {2 * min(len(pos), len(neg))}, or lower `cohort.budgets`)"
             )
         for s in range(params.budget_seeds):
             rng = np.random.default_rng([params.seed, task_key(task), budget, s])

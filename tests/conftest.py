@@ -6,11 +6,85 @@ rows, empty or partial code metadata); the validator, importer and data descript
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_STUDY = pytest.StashKey[dict]()
+
+
+# --- the tiny-profile study, run in the background -------------------------------------------------------
+# `dvc repro` of the tiny profile takes minutes on one core while most other tests use one: it starts as soon
+# as the tests are collected (when any test marked `pipeline` is among them) in a copy of the project, and the
+# pipeline tests wait for it through the `tiny_study_run` fixture.
+
+
+def project_files() -> list[str]:
+    """Tracked files plus new ones git does not ignore: what a fresh clone of this work tree holds."""
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return [f for f in out.split("\0") if f and (ROOT / f).is_file()]
+
+
+def _start_tiny_study() -> dict:
+    from claimsutil.config import use_profile
+
+    copy = Path(tempfile.mkdtemp(prefix="claims-tiny-study-"))
+    for name in project_files():
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, copy / name)
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["CLAIMSUTIL_ROOT"] = str(copy)  # the notebooks must resolve paths inside the copy
+    env["DVC_NO_ANALYTICS"] = "1"
+    subprocess.run(["git", "init", "-q"], cwd=copy, env=env, check=True)
+    use_profile("tiny", copy)
+    out, err = open(copy.with_name(copy.name + ".out"), "w+"), open(copy.with_name(copy.name + ".err"), "w+")
+    process = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=copy, env=env, stdout=out, stderr=err,
+                               text=True, start_new_session=True)  # fmt: skip
+    return {"copy": copy, "env": env, "process": process, "stdout": out, "stderr": err}
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly or not any(i.get_closest_marker("pipeline") for i in session.items):
+        return
+    session.config.stash[TINY_STUDY] = _start_tiny_study()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    run = session.config.stash.get(TINY_STUDY, None)
+    if run is None:
+        return
+    if run["process"].poll() is None:  # the session ended first (-x, a keyboard interrupt): stop the study
+        os.killpg(run["process"].pid, signal.SIGTERM)
+        run["process"].wait()
+    for f in (run["stdout"], run["stderr"]):
+        f.close()
+        Path(f.name).unlink(missing_ok=True)
+    shutil.rmtree(run["copy"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_study_run(request: pytest.FixtureRequest) -> tuple[Path, dict, subprocess.CompletedProcess]:
+    """(copy, env, the finished `dvc repro`) of the tiny study started after collection."""
+    run = request.config.stash.get(TINY_STUDY, None)
+    if run is None:  # a pipeline test requested outside a collection that started it
+        run = request.config.stash[TINY_STUDY] = _start_tiny_study()
+    code = run["process"].wait()
+    outputs = []
+    for f in (run["stdout"], run["stderr"]):
+        f.seek(0)
+        outputs.append(f.read())
+    done = subprocess.CompletedProcess(run["process"].args, code, *outputs)
+    assert code == 0, f"dvc repro failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return run["copy"], run["env"], done
 
 
 def small_world(root: Path, patients: int, seed: int, max_len: int | None = None) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,27 +13,14 @@ import polars as pl
 import pytest
 import yaml
 
-from claimsutil.config import load_params, use_profile
+from claimsutil.config import load_params
 from claimsutil.meds import validate_dataset
 from claimsutil.model import SCALES as MODEL_SCALES
 from claimsutil.tokenize import TokenStore
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.pipeline
 SCALES = tuple(MODEL_SCALES["demo"])  # the tiny profile pretrains every demo scale for a few steps
 TASKS = ["hypertension", "ckd", "amlodipine", "pregabalin", "pregabalin_diabetes", "ckd_75plus", "amlodipine_on_arb"]
-
-
-def _project_files() -> list[str]:
-    """Tracked files plus new ones git does not ignore: what a fresh clone of this work tree holds."""
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return [f for f in out.split("\0") if f and (ROOT / f).is_file()]
 
 
 def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -44,19 +30,10 @@ def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def tiny_study(tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProcess]:
-    copy = tmp_path_factory.mktemp("study")
-    for name in _project_files():
-        (copy / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, copy / name)
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["CLAIMSUTIL_ROOT"] = str(copy)  # the notebooks must resolve paths inside the copy
-    env["DVC_NO_ANALYTICS"] = "1"
-    _run(["git", "init", "-q"], copy, env)
-    use_profile("tiny", copy)
-    first = _run([sys.executable, "-m", "dvc", "repro"], copy, env)
-    return copy, env, first
+def tiny_study(tiny_study_run) -> tuple[Path, dict, subprocess.CompletedProcess]:
+    """The tiny profile's `dvc repro` in a copy of the project (started in the background after collection:
+    tests/conftest.py)."""
+    return tiny_study_run
 
 
 def test_repro_builds_every_output(tiny_study):
