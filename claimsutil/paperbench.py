@@ -41,7 +41,6 @@ PAPER_VOCAB = 1930  # the reference study's vocabulary (its parameter counts are
 # Hours the reference study reports for pretraining its models (Aratake et al. 2026), by our scale name.
 REFERENCE_HOURS = {"xs": 14.4, "m": 53.9, "xl": 232.2}
 SCALE_NAMES = ("xs", "s", "m", "l", "xl")
-INFER_PATIENTS = 512  # patients scored per scale for the inference figure
 
 
 # ------------------------------------------------------------------------------------------------ the data
@@ -214,7 +213,7 @@ def run_scale(job: dict) -> dict:
     # Scoring, as fine-tuning's evaluation does: the encoder under a classification head, eval_tokens per pass.
     finetune = FinetuneConfig(max_len=max_len, eval_tokens=job["eval_tokens"], device=device.type, bf16=bf16)
     classifier = build_classifier(model_config, family, model.state_dict(), finetune, 0).to(device)
-    seqs = [store.sequence(i, max_len=max_len) for i in range(min(INFER_PATIENTS, len(store)))]
+    seqs = [store.sequence(i, max_len=max_len) for i in range(min(job["infer_patients"], len(store)))]
     with kernels(device):
         predict_proba(classifier, seqs[:64], max_len, finetune.eval_tokens, bf16)  # warm-up
         sync()
@@ -301,7 +300,7 @@ def bench_shapes(args: argparse.Namespace, device_name: str) -> str:
                        "work": str(work), "threads": args.threads, "tokens_per_step": args.tokens_per_step,
                        "micro_tokens": min(args.micro_tokens, args.tokens_per_step), "steps": args.steps,
                        "warmup": max(1, args.warmup), "gemm_n": args.gemm_n,
-                       "eval_tokens": args.eval_tokens}  # fmt: skip
+                       "eval_tokens": args.eval_tokens, "infer_patients": args.infer_patients}  # fmt: skip
                 r = run_spawned(job)
                 results[(scale, precision)] = r
                 print(result_line(scale, precision, r, pretrain), flush=True)
@@ -361,6 +360,7 @@ def add_arguments(parser: argparse.ArgumentParser, gpu: bool) -> None:
     parser.add_argument("--vocab", type=int, default=PAPER_VOCAB, help="vocabulary size (the reference study's)")
     parser.add_argument("--patients", type=int, default=3000, help="synthetic patients of the bench's store")
     parser.add_argument("--eval-tokens", type=int, default=65536 if gpu else 16384, help="tokens per scoring pass")
+    parser.add_argument("--infer-patients", type=int, default=2048 if gpu else 256, help="patients scored per scale")
     parser.add_argument("--gemm-n", type=int, default=8192 if gpu else 2048, help="matmul size of the peak")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (CPU)")
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one, deleted)")

@@ -193,7 +193,10 @@ def stage_lightgbm(work: Path, params, task: str) -> dict:
     fitted = baseline.fit_baseline(X[train["row"].to_numpy()], train["boolean_value"].to_numpy(),
                                    X[val["row"].to_numpy()], val["boolean_value"].to_numpy(), config)  # fmt: skip
     baseline.predict(fitted, X[test["row"].to_numpy()])
-    return {"train_patients": train.height, "test_patients": test.height}
+    # Early stopping decides the rounds: more patients may support more trees (each round is linear in N).
+    rounds = fitted.booster.current_iteration()
+    return {"train_patients": train.height, "test_patients": test.height, "rounds": rounds,
+            "best_iteration": fitted.best_iteration}  # fmt: skip
 
 
 def stage_inference(work: Path, params, task: str) -> dict:

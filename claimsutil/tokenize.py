@@ -447,9 +447,8 @@ def _place(parts: list[tuple[np.ndarray, Path]], out_dir: Path) -> tuple[np.ndar
     np.cumsum(lengths[order], out=offsets[1:])
     total = int(offsets[-1])
     dtypes = {"tokens": np.int32, "ages": np.float32, "times": np.int64, "visits": np.int32}
-    finals = {
-        name: open_memmap(out_dir / f"{name}.npy", mode="w+", dtype=dtypes[name], shape=(total,)) for name in dtypes
-    }
+    for name, dtype in dtypes.items():
+        open_memmap(out_dir / f"{name}.npy", mode="w+", dtype=dtype, shape=(total,)).flush()  # sized, zeroed
     first = 0
     for shard_subjects, part in parts:
         n = shard_subjects.size
@@ -457,12 +456,12 @@ def _place(parts: list[tuple[np.ndarray, Path]], out_dir: Path) -> tuple[np.ndar
         starts = offsets[rank[first : first + n]]
         part_offsets = np.concatenate([[0], np.cumsum(part_lengths)])
         dest = np.repeat(starts - part_offsets[:-1], part_lengths) + np.arange(part_offsets[-1])
-        for name, final in finals.items():
+        for name in dtypes:  # mapped for one part at a time: the store's pages never all count in this process
+            final = np.load(out_dir / f"{name}.npy", mmap_mode="r+")
             final[dest] = np.load(part / f"{name}.npy")
+            final.flush()
+            del final
         first += n
-    for final in finals.values():
-        final.flush()
-    del finals
     return subjects[order], offsets
 
 
@@ -746,10 +745,14 @@ def frequency_baseline(store: TokenStore, fit_ids: np.ndarray, eval_ids: np.ndar
     so this is the number its per-family validation loss must beat. Tokens the fit patients never show count
     once (never the case for a store whose vocabulary came from them)."""
     families, V = store.vocab.family_ids, len(store.vocab)
-    tokens = np.asarray(store.tokens)
-    patient = np.repeat(np.arange(len(store)), store.lengths())  # (tokens,) patient index of each token
-    counts = [np.bincount(tokens[np.isin(store.subjects, np.asarray(ids))[patient]], minlength=V)
-              for ids in (fit_ids, eval_ids)]  # fmt: skip
+    members = [np.isin(store.subjects, np.asarray(ids)) for ids in (fit_ids, eval_ids)]
+    lengths = store.lengths()
+    counts = [np.zeros(V, np.int64) for _ in members]
+    for a in range(0, len(store), SUBJECTS_PER_READ * 10):  # a block of patients at a time: memory of one block
+        b = min(a + SUBJECTS_PER_READ * 10, len(store))
+        tokens = np.asarray(store.tokens[store.offsets[a] : store.offsets[b]])
+        for count, member in zip(counts, members, strict=True):
+            count += np.bincount(tokens[np.repeat(member[a:b], lengths[a:b])], minlength=V)
     out = {}
     for family in ("diagnosis", "drug"):
         code = FAMILIES.index(family)

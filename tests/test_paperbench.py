@@ -79,7 +79,7 @@ def test_the_gpu_bench_without_cuda_says_so_and_exits_0(monkeypatch, capsys):
 def test_the_gpu_bench_path_runs_on_the_cpu_without_cuda_calls(small_store, tmp_path, no_cuda_calls):
     job = {"scale": "xs", "precision": "fp32", "device": "cpu", "store": str(small_store), "work": str(tmp_path),
            "threads": 1, "tokens_per_step": 512, "micro_tokens": 256, "steps": 2, "warmup": 1, "gemm_n": 128,
-           "eval_tokens": 2048}  # fmt: skip
+           "eval_tokens": 2048, "infer_patients": 64}  # fmt: skip
     r = paperbench.run_scale(job)
     assert r["tokens_per_s"] > 0 and r["steps"] == 2 and 0 < r["mfu"] < 1 and r["infer_patients_per_s"] > 0
     assert r["attention"] == "default" and r["gpu_peak_mib"] is None and 0 <= r["batch_share"] < 1
@@ -89,7 +89,8 @@ def test_the_gpu_bench_path_runs_on_the_cpu_without_cuda_calls(small_store, tmp_
 def test_bench_gpu_on_cpu_prints_a_line_per_scale(tmp_path, capsys):
     argv = ["gpu", "--device", "cpu", "--scales", "xs", "--precisions", "fp32", "--steps", "1", "--warmup", "1",
             "--tokens-per-step", "512", "--micro-tokens", "256", "--max-len", "128", "--vocab", "300", "--patients",
-            "400", "--gemm-n", "128", "--eval-tokens", "2048", "--threads", "1", "--out", str(tmp_path)]  # fmt: skip
+            "400", "--gemm-n", "128", "--eval-tokens", "2048", "--infer-patients", "64", "--threads", "1",
+            "--out", str(tmp_path)]  # fmt: skip
     assert bench.main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     line = next(line for line in out if line.startswith("scale=xs"))
