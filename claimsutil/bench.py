@@ -217,18 +217,22 @@ def bench_shards(args: argparse.Namespace) -> str:
     return " ".join(f"speedup_{w}={seconds[workers[0]] / seconds[w]:.2f}" for w in workers[1:]) or "speedup=1.00"
 
 
-def gemm_peak_flops(n: int = 2048, repeats: int = 5, dtype=None) -> float:
-    """FLOP/s of the best of REPEATS (n x n) @ (n x n) matmuls in DTYPE (float32): the machine's practical peak
-    at the current torch thread count, the denominator of MFU."""
+def gemm_peak_flops(n: int = 2048, repeats: int = 5, dtype=None, device=None) -> float:
+    """FLOP/s of the best of REPEATS (n x n) @ (n x n) matmuls in DTYPE (float32) on DEVICE (the CPU): the
+    practical peak (on CPU at the current torch thread count), the denominator of MFU."""
     import torch
 
-    dtype = dtype or torch.float32
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    dtype, device = dtype or torch.float32, device or torch.device("cpu")
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.mm(a, b)  # warm-up: thread pool and kernel selection
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best
 

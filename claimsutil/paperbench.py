@@ -86,25 +86,6 @@ def prepare_store(work: Path, max_len: int, vocab_size: int, patients: int = 300
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def gemm_peak_flops(device, dtype, n: int, repeats: int = 5) -> float:
-    """FLOP/s of the best of REPEATS (n x n) @ (n x n) matmuls in DTYPE on DEVICE: the practical peak that MFU
-    is taken against (on CPU at the current torch thread count)."""
-    import torch
-
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    torch.mm(a, b)  # warm-up: thread pool, kernel selection
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
-
-
 def attention_kernels(device):
     """The context the timed steps run in: on CUDA only the flash and memory-efficient SDPA kernels allowed;
     elsewhere nothing."""
@@ -131,6 +112,7 @@ def run_scale(job: dict) -> dict:
 
     from claimsutil import tokenize as tok
     from claimsutil.batching import PackedRows
+    from claimsutil.bench import gemm_peak_flops
     from claimsutil.config import FinetuneConfig, PretrainConfig
     from claimsutil.finetune import build_classifier, predict_proba
     from claimsutil.model import ClaimsEncoder, config_for
@@ -195,7 +177,7 @@ def run_scale(job: dict) -> dict:
     tokens_per_s = counters["tokens"] / seconds
     flops = model_flops_per_token(model, counters)
     peak_dtype = torch.bfloat16 if bf16 else torch.float32
-    peak = gemm_peak_flops(device, peak_dtype, job["gemm_n"])
+    peak = gemm_peak_flops(job["gemm_n"], dtype=peak_dtype, device=device)
     out = {
         "parameters": model.get_num_params(non_embedding=False),
         "non_embedding": model.get_num_params(non_embedding=True),
