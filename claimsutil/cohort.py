@@ -51,6 +51,8 @@ from claimsutil.meds import (
 from claimsutil.splits import SPLITS, task_key, uniform_hash
 
 EXCLUSIONS = ("insufficient_observation", "outside_population", "prior_outcome", "censored")
+# An ACES task (`tasks.<name>.aces`, `claimsutil.aces`): no trigger of the patient passes its config's criteria.
+ACES_EXCLUSION = "aces_criteria"
 DAYS_PER_YEAR = 365.25
 ONE_DAY = dt.timedelta(days=1)
 
@@ -197,6 +199,10 @@ def _shard_cohort(
 def build_tasks(events: Events | str | Path, specs: tuple[TaskSpec, ...], seed: int) -> dict[str, TaskCohort]:
     """Labels and statuses of every task, reading each shard once (one shard in memory at a time). Records
     after death or past the end of the data are neither index visits nor outcomes (`claimsutil.meds.Events`)."""
+    aces = [f"'{spec.name}' ({spec.aces})" for spec in specs if spec.aces is not None]
+    if aces:  # never the built-in rules in place of a task's own definition
+        raise CohortError(f"task(s) {', '.join(aces)} are defined by ACES configs: build them with "
+                          "claimsutil.aces.build_tasks")  # fmt: skip
     events = open_events(events)
     end_of_data = events.window.end
     parts: dict[str, list[TaskCohort]] = {spec.name: [] for spec in specs}
@@ -352,17 +358,18 @@ def per_split_counts(labels: pl.DataFrame, splits: pl.DataFrame) -> pl.DataFrame
 def table2(cohorts: dict[str, TaskCohort], splits: pl.DataFrame) -> pl.DataFrame:
     """Table 2: per task, eligible patients, positives, rate, exclusions by reason, per-split counts."""
     rows = []
+    reasons = EXCLUSIONS + ((ACES_EXCLUSION,) if any(c.spec.aces for c in cohorts.values()) else ())
     for name, c in cohorts.items():
         status = dict(c.status["status"].value_counts().iter_rows())
         by_split = {r["split"]: r for r in per_split_counts(c.labels, splits).iter_rows(named=True)}
         row = {
             "task": name,
             "outcome": " ".join(c.spec.outcome),
-            "population": c.spec.population.describe() or "all",
+            "population": f"as {c.spec.aces} (ACES)" if c.spec.aces else c.spec.population.describe() or "all",
             "patients": c.status.height,
             "eligible": c.labels.height,
             "positives": int(c.labels["boolean_value"].sum()),
-            **{f"excluded_{reason}": status.get(reason, 0) for reason in EXCLUSIONS},
+            **{f"excluded_{reason}": status.get(reason, 0) for reason in reasons},
         }
         for split in SPLITS:
             row[f"{split}_patients"] = by_split.get(split, {}).get("patients", 0)
@@ -445,9 +452,33 @@ def data_notes(events: Events) -> dict[str, object]:
             **{f"records_{reason}": n for reason, n in events.dropped.items()}}  # fmt: skip
 
 
-def cohort_metrics(table2: pl.DataFrame, oracle: dict[str, dict], notes: dict | None = None) -> dict:
-    """The cohort stage's metrics JSON: Table 2's numbers per task, the oracle's AUPRC/AUROC/Brier, and the
-    data notes (`data_notes`) under "data"."""
+def records_at_prediction_time(events: Events | str | Path, cohorts: dict[str, TaskCohort],
+                               splits: pl.DataFrame) -> pl.DataFrame:  # fmt: skip
+    """Per task, the labelled patients with a record stamped exactly at their prediction time (the midnight
+    after the index visit, so the next day's records). MEDS tools read such a record as known at the prediction
+    time (their inputs run "up to and including" it); the study's models and features stop strictly before it.
+    Columns: task, labels, with_record, test_labels, test_with_record (one pass over the data)."""
+    events = open_events(events)
+    labels = pl.concat([c.labels.select("subject_id", pl.col("prediction_time").cast(pl.Datetime("us")),
+                                        task=pl.lit(name)) for name, c in cohorts.items()])  # fmt: skip
+    hits = []
+    for _, lf in events.scans():
+        stamps = lf.select("subject_id", prediction_time=pl.col("time").cast(pl.Datetime("us"))).drop_nulls().unique()
+        hits.append(labels.lazy().join(stamps, on=["subject_id", "prediction_time"], how="semi").collect())
+    hit = pl.concat(hits).select("task", "subject_id").with_columns(with_record=pl.lit(True))
+    test, seen = pl.col("split") == "test", pl.col("with_record").fill_null(False)
+    joined = labels.join(hit, on=["task", "subject_id"], how="left")
+    joined = joined.join(splits.select("subject_id", "split"), on="subject_id", how="left")
+    return joined.group_by("task", maintain_order=True).agg(
+        labels=pl.len(), with_record=seen.sum(), test_labels=test.sum(), test_with_record=(test & seen).sum()
+    )
+
+
+def cohort_metrics(table2: pl.DataFrame, oracle: dict[str, dict], notes: dict | None = None,
+                   at_prediction_time: pl.DataFrame | None = None) -> dict:  # fmt: skip
+    """The cohort stage's metrics JSON: Table 2's numbers per task, the oracle's AUPRC/AUROC/Brier, the labels
+    with a record at their prediction time (`records_at_prediction_time`) and the data notes (`data_notes`)
+    under "data"."""
     out: dict = {"data": dict(notes)} if notes else {}
     for row in table2.iter_rows(named=True):
         task = row.pop("task")
@@ -456,5 +487,9 @@ def cohort_metrics(table2: pl.DataFrame, oracle: dict[str, dict], notes: dict | 
         entry = {k: v for k, v in row.items()}
         if task in oracle:
             entry["oracle"] = {m: oracle[task][m] for m in ("auprc", "auroc", "brier")}
+        if at_prediction_time is not None:
+            row = at_prediction_time.filter(pl.col("task") == task)
+            entry["labels_with_record_at_prediction_time"] = int(row["with_record"].sum())
+            entry["test_labels_with_record_at_prediction_time"] = int(row["test_with_record"].sum())
         out[task] = entry
     return out

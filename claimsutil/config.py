@@ -191,6 +191,7 @@ class CohortParams:
     horizon_days: int = 365  # outcome window after the index date (task default)
     split: dict[str, float] = field(default_factory=lambda: {"train": 0.70, "validation": 0.15, "test": 0.15})
     held_out_hospitals: int = 4  # whole hospitals kept out of every split (0 when the data has no HOSPITAL/ codes)
+    split_source: Literal["dataset", "study"] = "dataset"  # a dataset's own subject_splits.parquet, or the hash rule
     budgets: tuple[int, ...] = (100, 500, 1000)  # labelled patients per balanced sample
     budget_seeds: int = 1  # samples per budget; every model (fine-tuned, from scratch, LightGBM) trains on each
     min_positives: int = 10  # fewer positives than this in any split stops the cohort stage
@@ -209,6 +210,7 @@ class CohortParams:
         _require(self, len(set(self.budgets)) == len(self.budgets), "budgets", "must be distinct")
         _require(self, self.budget_seeds >= 1, "budget_seeds", "must be >= 1")
         _require(self, self.held_out_hospitals >= 0, "held_out_hospitals", "must be >= 0")
+        _require(self, self.split_source in ("dataset", "study"), "split_source", "must be dataset or study")
         _require(self, self.horizon_days >= 1, "horizon_days", "must be >= 1")
         _require(self, self.min_prior_days >= 0, "min_prior_days", "must be >= 0")
         _require(self, self.min_positives >= 1, "min_positives", "must be >= 1")
@@ -272,6 +274,10 @@ class TaskSpec:
     washout_suspected: bool = False  # a suspected-only record before the index also excludes the patient
     max_budget: int | None = None  # its label budgets are cohort.budgets up to this (a small population's cap)
     population: Population = field(default_factory=Population)  # whom it predicts for (default: everyone)
+    # An ACES task config (YAML, path from the project root, e.g. tasks/aces/ckd.yaml): it defines the labels
+    # instead of the rules above (`claimsutil.aces`); `outcome` and `horizon_days` still name the outcome and
+    # horizon for zero-shot prediction and the oracle.
+    aces: str | None = None
     budgets: tuple[int, ...] = (100, 500, 1000)  # set by the loader: cohort.budgets up to max_budget
 
     def __post_init__(self) -> None:
@@ -283,6 +289,10 @@ class TaskSpec:
         _require(self, self.min_prior_days >= 0, "min_prior_days", "must be >= 0")
         _require(self, self.max_budget is None or self.max_budget >= 2, "max_budget", "must be >= 2 or null")
         _require(self, len(self.budgets) >= 1, "max_budget", "leaves none of cohort.budgets (all are above it)")
+        if self.aces is not None:
+            path = Path(self.aces)
+            inside = path.suffix in (".yaml", ".yml") and not path.is_absolute() and ".." not in path.parts
+            _require(self, inside, "aces", "must be a .yaml file given from the project root (tasks/aces/ckd.yaml)")
 
 
 @dataclass(frozen=True)
@@ -787,6 +797,10 @@ def load_params(path: str | Path | None = None) -> StudyParams:
     return params
 
 
+# What the built-in definition reads and an ACES task's config defines instead (`tasks.<name>.aces`).
+ACES_DEFINES = frozenset({"min_prior_days", "suspected", "washout_suspected", "population"})
+
+
 def _tasks(raw: Any, cohort: CohortParams) -> tuple[TaskSpec, ...]:
     if not isinstance(raw, dict) or not raw:
         raise ParamsError(f"{PARAMS_FILE}: tasks = {raw!r} must map at least one task name to its settings")
@@ -798,6 +812,10 @@ def _tasks(raw: Any, cohort: CohortParams) -> tuple[TaskSpec, ...]:
         if not isinstance(body, dict) or "outcome" not in body:
             raise ParamsError(f"{PARAMS_FILE}: tasks.{name} = {body!r} needs an `outcome` list of code prefixes")
         body = dict(body)
+        ignored = sorted(ACES_DEFINES & set(body)) if body.get("aces") is not None else []
+        if ignored:
+            raise ParamsError(f"{PARAMS_FILE}: tasks.{name} sets {ignored}, which an ACES task does not use: its "
+                              f"config {body['aces']!r} defines them (remove them or write them there)")  # fmt: skip
         if isinstance(body["outcome"], str):
             body["outcome"] = [body["outcome"]]
         population = build_section(Population, f"tasks.{name}.population", body.pop("population", None))

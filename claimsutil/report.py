@@ -65,7 +65,7 @@ def format_cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def _is_numeric_column(column: pl.Series) -> bool:
+def is_numeric_column(column: pl.Series) -> bool:
     """Numbers, or suppressed counts ("12", "<10")."""
     if column.dtype.is_numeric():
         return True
@@ -74,7 +74,7 @@ def _is_numeric_column(column: pl.Series) -> bool:
 
 def markdown_table(df: pl.DataFrame) -> str:
     """DF as a GitHub Markdown table, numeric columns right-aligned."""
-    align = ["---:" if _is_numeric_column(df[c]) else "---" for c in df.columns]
+    align = ["---:" if is_numeric_column(df[c]) else "---" for c in df.columns]
     lines = ["| " + " | ".join(df.columns) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(format_cell(v) for v in row) + " |" for row in df.iter_rows()]
     return "\n".join(lines) + "\n"

@@ -86,7 +86,7 @@ def stage_synthesize(work: Path, params, task: str) -> dict:
 def stage_splits(work: Path, params, task: str) -> dict:
     from claimsutil.splits import SPLITS_FILE, build_splits, split_counts
 
-    splits, _ = build_splits(_events(work, params), params.cohort)
+    splits, _, _ = build_splits(_events(work, params), params.cohort, work / "meds")
     (work / "splits").mkdir(exist_ok=True)
     splits.write_parquet(work / "splits" / SPLITS_FILE)
     return split_counts(splits)

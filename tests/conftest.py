@@ -33,6 +33,20 @@ def project_files() -> list[str]:
     return [f for f in out.split("\0") if f and (ROOT / f).is_file()]
 
 
+CKD_BUILTIN = "  ckd:\n    outcome: [ICD10/N18]\n"
+CKD_ACES = "    aces: tasks/aces/ckd.yaml\n"
+
+
+def _ensure_aces() -> None:
+    """The ACES environment (`make aces`; `make test` builds it first): built here when pytest runs alone."""
+    from claimsutil import aces
+
+    try:
+        aces.aces_cli()
+    except aces.AcesError:
+        subprocess.run(["make", "--no-print-directory", "aces"], cwd=ROOT, capture_output=True, check=True)
+
+
 def _start_tiny_study() -> dict:
     from claimsutil.config import use_profile
 
@@ -46,6 +60,12 @@ def _start_tiny_study() -> dict:
     env["DVC_NO_ANALYTICS"] = "1"
     subprocess.run(["git", "init", "-q"], cwd=copy, env=env, check=True)
     use_profile("tiny", copy)
+    # One task defined by an ACES config (tasks/aces/ckd.yaml instead of the built-in rules), end to end.
+    params = copy / "params.yaml"
+    text = params.read_text(encoding="utf-8")
+    assert CKD_BUILTIN in text, "params.yaml's ckd task changed: update tests/conftest.py"
+    params.write_text(text.replace(CKD_BUILTIN, CKD_BUILTIN + CKD_ACES), encoding="utf-8")
+    _ensure_aces()
     out, err = open(copy.with_name(copy.name + ".out"), "w+"), open(copy.with_name(copy.name + ".err"), "w+")
     process = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=copy, env=env, stdout=out, stderr=err,
                                text=True, start_new_session=True)  # fmt: skip

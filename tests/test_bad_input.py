@@ -439,7 +439,7 @@ def test_every_failing_task_is_reported_at_once(clean):
 def test_data_without_hospitals_holds_out_none_and_says_so(clean, tmp_path):
     root = broken(clean, tmp_path, lambda df: df.filter(~pl.col("code").str.starts_with("HOSPITAL/")))
     root = broken(root, tmp_path / "b", lambda df: df.filter(~pl.col("code").str.starts_with("HOSPITAL/")), OTHER)
-    splits, note = build_splits(root, CohortParams(held_out_hospitals=4))
+    splits, note, _ = build_splits(root, CohortParams(held_out_hospitals=4))
     assert "held_out_hospital" not in splits["split"].to_list() and "no HOSPITAL/ codes" in note
 
 

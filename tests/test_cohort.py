@@ -14,8 +14,8 @@ import pytest
 
 from claimsutil import cohort as co
 from claimsutil import splits as sp
-from claimsutil.config import CohortParams, Population, SynthParams, TaskSpec
-from claimsutil.meds import shard_paths, subject_hospitals
+from claimsutil.config import BaselineConfig, CohortParams, Population, SynthParams, TaskSpec
+from claimsutil.meds import SPLITS_FILE, shard_paths, subject_hospitals
 from claimsutil.synth import generate
 
 END = dt.datetime(2024, 1, 1)
@@ -254,6 +254,67 @@ def test_splits_are_patient_level_and_disjoint(generated):
     assert "held_out_hospital" not in sp.assign_splits(anonymous, params)["split"].to_list()
 
 
+def test_the_meds_split_file_says_what_the_study_splits_say(generated):
+    # The built-in world writes metadata/subject_splits.parquet by the study's rule (CohortParams' defaults here).
+    study = sp.build_splits(generated, CohortParams(split_source="study"))[0]
+    meds_file = pl.read_parquet(generated / SPLITS_FILE)
+    assert meds_file.equals(sp.meds_subject_splits(study))
+    assert set(meds_file["split"]) == {"train", "tuning", "held_out"}
+    joined = study.join(meds_file, on="subject_id", suffix="_meds")
+    pairs = dict(joined.group_by("split").agg(pl.col("split_meds").unique()).iter_rows())
+    assert pairs == {"train": ["train"], "validation": ["tuning"], "test": ["held_out"],
+                     "held_out_hospital": ["held_out"]}  # fmt: skip
+    # Read back as a dataset's own file (cohort.split_source: dataset, the default): the same splits.
+    back, _, info = sp.build_splits(generated, CohortParams(), generated)
+    assert back.equals(study) and info["subjects_not_in_split_file"] == 0
+    assert "subject_splits.parquet" in info["split_source"]
+
+
+def test_labels_with_a_record_at_the_prediction_time_are_counted(generated):
+    cohorts = co.build_tasks(generated, TASKS[:2], seed=3)
+    splits = sp.build_splits(generated, CohortParams())[0]
+    got = co.records_at_prediction_time(generated, cohorts, splits)
+    stamps = pl.read_parquet(generated / "data" / "*.parquet").select("subject_id", "time").drop_nulls().unique()
+    for name, c in cohorts.items():
+        hit = c.labels.join(stamps, left_on=["subject_id", "prediction_time"], right_on=["subject_id", "time"])
+        hit = hit.join(splits, on="subject_id")
+        row = got.filter(pl.col("task") == name).row(0, named=True)
+        assert row["labels"] == c.labels.height and row["with_record"] == hit["subject_id"].n_unique() > 0
+        assert row["test_with_record"] == hit.filter(pl.col("split") == "test")["subject_id"].n_unique()
+    metrics = co.cohort_metrics(co.table2(cohorts, splits), {}, None, got)
+    assert metrics[TASKS[0].name]["labels_with_record_at_prediction_time"] == got["with_record"][0]
+
+
+def test_a_datasets_own_splits_are_used_and_every_difference_is_counted(generated, tmp_path):
+    root = tmp_path / "meds"
+    shutil.copytree(generated, root)
+    params = CohortParams()
+    study = sp.build_splits(root, dataclasses.replace(params, split_source="study"))[0]
+    ids = study["subject_id"]
+    own = pl.DataFrame({"subject_id": ids, "split": pl.Series(["train", "tuning", "held_out"])[
+        (ids % 3).to_list()]}).filter(pl.col("subject_id") % 1000 != 7)  # fmt: skip
+    own.write_parquet(root / SPLITS_FILE)
+    splits, _, info = sp.build_splits(root, params, root)
+    got = splits.join(own, on="subject_id", how="left", suffix="_own").join(study, on="subject_id", suffix="_study")
+    held = pl.col("split_study") == "held_out_hospital"
+    listed = got.filter(~held & pl.col("split_own").is_not_null())
+    assert (listed["split"] == listed["split_own"].replace_strict(sp.FROM_MEDS)).all()  # the user's splits
+    assert (got.filter(held)["split"] == "held_out_hospital").all()  # held-out hospitals stay held out
+    unlisted = got.filter(~held & pl.col("split_own").is_null())
+    assert (unlisted["split"] == unlisted["split_study"]).all() and unlisted.height > 0
+    assert info["subjects_not_in_split_file"] == ids.len() - own.height
+    taken = got.filter(held & pl.col("split_own").is_not_null()).group_by("split_own").len()
+    assert info["held_out_hospital_patients_taken_from"] == dict(sorted(taken.iter_rows()))
+    # cohort.split_source: study ignores the file.
+    assert sp.build_splits(root, dataclasses.replace(params, split_source="study"), root)[0].equals(study)
+    # A split name MEDS does not define stops with the file, the row and the value.
+    own.with_columns(split=pl.when(pl.col("subject_id") == own["subject_id"][5]).then(pl.lit("test"))
+                     .otherwise(pl.col("split"))).write_parquet(root / SPLITS_FILE)  # fmt: skip
+    with pytest.raises(sp.SplitError, match=r"subject_splits.parquet: row 5, column split: 'test' is not a MEDS "
+                       r"split name .*cohort.split_source: study"):  # fmt: skip
+        sp.build_splits(root, params, root)
+
+
 def test_budgets_are_balanced_training_samples(generated):
     spec = TASKS[2]
     c = co.build_tasks(generated, (spec,), seed=3)[spec.name]
@@ -355,8 +416,10 @@ def test_baseline_beats_the_positive_rate_and_not_the_oracle(generated):
     part = {s: rows.filter(pl.col("split") == s).drop("split", "hospital") for s in ("train", "validation", "test")}
     vocab = features.fit_vocabulary(generated, part["train"])
     X = {s: features.count_features(generated, part[s], vocab) for s in part}
+    # One OpenMP thread: the suite runs beside the tiny study, and two spinning threads on a shared core made
+    # this fit ten times slower (the assertions compare models, not digits).
     fitted = baseline.fit_baseline(X["train"], part["train"]["boolean_value"], X["validation"],
-                                   part["validation"]["boolean_value"])  # fmt: skip
+                                   part["validation"]["boolean_value"], BaselineConfig(num_threads=1))  # fmt: skip
     test = part["test"]
     p_model = baseline.predict(fitted, X["test"])
     # Enough futures that the oracle's Monte Carlo noise does not decide the comparison: with 100, four in five

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import polars as pl
 import pytest
 import yaml
 
+from claimsutil import splits as splits_module
 from claimsutil.config import load_params
 from claimsutil.meds import validate_dataset
 from claimsutil.model import SCALES as MODEL_SCALES
@@ -40,7 +42,7 @@ def test_repro_builds_every_output(tiny_study):
     copy, _, first = tiny_study
     stages = ("synthesize", "splits", "describe", "cohort", "tokenize", "baseline", *(f"pretrain@{s}" for s in SCALES),
               *(f"finetune@{s}" for s in SCALES), *(f"pretrain_gen@{s}" for s in SCALES),
-              *(f"zeroshot@{s}" for s in SCALES), "transfer", "scaling")  # fmt: skip
+              *(f"zeroshot@{s}" for s in SCALES), "transfer", "scaling", "frontpage")  # fmt: skip
     for stage in stages:
         assert f"Running stage '{stage}'" in first.stdout
     report = validate_dataset(copy / "data" / "meds")
@@ -60,7 +62,8 @@ def test_repro_builds_every_output(tiny_study):
         assert labels.columns == ["subject_id", "prediction_time", "boolean_value"] and labels.height > 100
     table2 = pl.read_csv(copy / "reports" / "cohort" / "table2_cohorts.csv")
     assert table2["task"].to_list() == tasks
-    restricted = table2.filter(pl.col("population") != "all")
+    assert table2.filter(pl.col("task") == "ckd")["population"].to_list() == ["as tasks/aces/ckd.yaml (ACES)"]
+    restricted = table2.filter((pl.col("population") != "all") & (pl.col("task") != "ckd"))
     assert restricted["task"].to_list() == tasks[4:]
     excluded = restricted["excluded_outside_population"].cast(pl.Int64, strict=False)
     assert (excluded > 1000).all()  # the small cohorts: most patients are outside the population
@@ -156,12 +159,103 @@ def test_finetuning_and_the_study_tables(tiny_study):
         figure = next((copy / "reports" / "figures").glob(f"figure{n}_*.png"))
         assert figure.stat().st_size > 10_000 and figure.with_suffix(".svg").is_file()
     index = (copy / "reports" / "index.html").read_text()
-    for link in ("tables/table3_downstream.md", "figures/figure5_cost_benefit.png", "06_scaling.html",
+    for link in ("tables/table3_downstream.csv", "figures/figure5_cost_benefit.png", "06_scaling.html",
                  "09_transfer.html", "transfer/figures/kshot.png"):  # fmt: skip
-        assert link in index
-    assert "Transfer to hospitals never seen" in index
+        assert f"'{link}'" in index
+    assert "The transfer study: small cohorts and hospitals never seen" in index
     scaling = json.loads((copy / "data" / "metrics" / "scaling.json").read_text())
     assert set(scaling["saturation"]) == set(tasks)
+
+
+def test_the_front_page_in_a_browser(tiny_study):
+    """reports/index.html opened in headless Chromium: every figure loaded, every link resolves, the headline
+    tables are HTML tables, it prints; the screenshot is kept beside the page."""
+    from claimsutil import browser
+
+    copy, _, _ = tiny_study
+    try:
+        browser.find_browser()
+    except browser.BrowserMissing as e:
+        if os.environ.get("CLAIMSUTIL_REQUIRE_BROWSER"):  # set by .ci/run, which installs Chromium
+            pytest.fail(str(e))
+        pytest.skip(f"the browser check needs Chromium: {e}")
+    check = browser.check_page(copy / "reports" / "index.html", copy / "reports" / "frontpage.png")
+    pngs = [p for p in (copy / "reports").rglob("*.png") if "notebooks" not in p.parts and p.name != "frontpage.png"]
+    assert len(check.images) == len(pngs) >= 20 and not check.broken_images  # every figure, inline
+    assert not check.broken_links and len(check.links) > 2 * len(pngs)
+    assert check.tables >= 8 and check.pdf_pages >= 5
+    shot = copy / "reports" / "frontpage.png"
+    assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (copy / "reports" / "index.html").read_text()
+    for heading in ("The reference study", "The generative study", "The transfer study", "The data"):
+        assert f"<h2>{heading}" in page
+    assert "<dt>Profile</dt><dd>tiny</dd>" in page and "8,000" in page  # the run, at the top
+
+
+def test_the_meds_split_file_and_the_study_agree(tiny_study):
+    copy, _, _ = tiny_study
+    meds_file = pl.read_parquet(copy / "data" / "meds" / "metadata" / "subject_splits.parquet")
+    study = pl.read_parquet(copy / "data" / "splits" / "splits.parquet")
+    assert meds_file.equals(splits_module.meds_subject_splits(study))
+    m = json.loads((copy / "data" / "metrics" / "splits.json").read_text())
+    assert "subject_splits.parquet" in m["split_source"] and m["subjects_not_in_split_file"] == 0
+
+
+def test_every_prediction_file_loads_in_meds_evaluation(tiny_study):
+    """Every predictions file the study writes passes meds-evaluation's schema, and its metrics agree with ours."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from meds_evaluation.evaluate import evaluate_binary_classification
+    from meds_evaluation.schema import PredictionSchema
+
+    from claimsutil import metrics
+
+    copy, _, _ = tiny_study
+    files = [p for p in sorted((copy / "data").rglob("*.parquet"))
+             if metrics.PREDICTED_PROBABILITY in pq.read_schema(p).names]  # fmt: skip
+    kinds = {p.relative_to(copy / "data").parts[0] for p in files}
+    assert {"finetune", "baseline", "zeroshot", "cohort", "transfer"} <= kinds and len(files) > 100
+    for path in files:
+        table = pq.read_table(path)
+        assert table.schema.names == list(metrics.PREDICTION_SCHEMA), path
+        PredictionSchema.align(table)  # raises on a missing or mistyped column
+    # Their metrics beside ours, unweighted (the study weights subsampled test negatives; theirs cannot), on a
+    # fine-tuned model's and a zero-shot model's predictions (ties: probabilities are shares of a few futures).
+    futures = load_params(copy / "params.yaml").zeroshot.futures
+    for path in (copy / "data/finetune/m/hypertension/pretrained_budget-20_seed-0.parquet",
+                 copy / f"data/zeroshot/m/hypertension/futures-{futures}.parquet"):  # fmt: skip
+        df = pl.read_parquet(path)
+        theirs = evaluate_binary_classification(df)["samples_equally_weighted"]
+        y, p = df["boolean_value"].to_numpy(), df[metrics.PREDICTED_PROBABILITY].to_numpy()
+        ours = metrics.weighted_scores(y, p, np.ones((1, len(y))))
+        assert ours["auprc"][0] == pytest.approx(theirs["average_precision_score"], abs=1e-12)
+        assert ours["auroc"][0] == pytest.approx(theirs["roc_auc_score"], abs=1e-12)
+
+
+def test_an_aces_defined_task_runs_end_to_end(tiny_study):
+    """The tiny study's ckd is defined by tasks/aces/ckd.yaml (tests/conftest.py): ACES extracts its labels and
+    they go through the same budgets, fine-tuning, baseline, zero-shot and evaluation as every other task."""
+    from claimsutil import cohort as co
+    from claimsutil.config import TaskSpec
+    from claimsutil.meds import Events
+
+    copy, _, _ = tiny_study
+    params = load_params(copy / "params.yaml")
+    assert {s.name: s.aces for s in params.tasks}["ckd"] == "tasks/aces/ckd.yaml"
+    counts = json.loads((copy / "data" / "metrics" / "cohort.json").read_text())
+    assert counts["ckd"]["excluded_aces_criteria"] > 0 and counts["hypertension"]["excluded_aces_criteria"] == 0
+    labels = pl.read_parquet(copy / "data" / "cohort" / "labels" / "ckd.parquet")
+    events = Events(copy / "data" / "meds", params.data.end_date, params.data.end_tail_share)
+    builtin = co.build_tasks(events, (TaskSpec("ckd", ("ICD10/N18",)),), params.cohort.seed)["ckd"].labels
+    both = labels.join(builtin, on="subject_id", suffix="_builtin")
+    assert both.height == labels.height  # the same index draw: every ACES patient is a built-in one
+    assert (both["prediction_time"] == both["prediction_time_builtin"]).all()
+    assert (both["boolean_value"] == both["boolean_value_builtin"]).all()
+    # The one documented difference: an outcome followed by the end of coverage inside the horizon.
+    assert builtin.join(labels, on="subject_id", how="anti")["boolean_value"].all()
+    for name in ("baseline", *(f"finetune-{s}" for s in SCALES), "scaling"):
+        metrics = json.loads((copy / "data" / "metrics" / f"{name}.json").read_text())
+        assert "ckd" in (metrics["saturation"] if name == "scaling" else metrics), name
 
 
 def test_scaling_laws_stage_fits_the_grid_and_sweeps_the_learning_rate(tiny_study):
@@ -225,11 +319,25 @@ def test_changing_one_scale_reruns_only_that_scale_and_the_analysis(tiny_study):
         # finetune@m follows once data/models/m changes; scaling_laws compares every scale's budget with its
         # fit (its grid runs are kept in data/laws and reused: only the fits rerun); transfer reads every scale's
         # code embeddings and transfers m
-        assert set(status) == {"pretrain@m", "pretrain_gen@m", "scaling", "scaling_laws", "transfer"}
-        rerun = _run([sys.executable, "-m", "dvc", "repro"], copy, env).stdout
+        assert set(status) == {"pretrain@m", "pretrain_gen@m", "scaling", "scaling_laws", "transfer", "frontpage"}
+        params.write_text(original)
+        # The same change as a DVC experiment (the README's example): `dvc exp run -S` reruns those stages and
+        # what follows (persisted grid runs and papermill stages included) and `dvc exp show` lists its metrics.
+        rerun = _run([sys.executable, "-m", "dvc", "exp", "run", "-n", "lr-m", "-S", "scales.m.lr=0.0025"], copy,
+                     env).stdout  # fmt: skip
         running = {line.split("'")[1] for line in rerun.splitlines() if line.startswith("Running stage")}
         assert running == {"pretrain@m", "pretrain_gen@m", "finetune@m", "zeroshot@m", "scaling", "scaling_laws",
-                           "transfer"}  # fmt: skip
+                           "transfer", "frontpage"}  # fmt: skip
+        shown = json.loads(_run([sys.executable, "-m", "dvc", "exp", "show", "--json"], copy, env).stdout)
+        base = next(b for b in shown if b.get("experiments"))  # the commit the experiment is based on
+        runs = {run["name"]: run for e in base["experiments"] for run in e["revs"]}
+
+        def loss(entry):
+            return entry["data"]["metrics"]["data/metrics/pretrain-m.json"]["data"]["final_val_loss"]["total"]
+
+        assert runs["lr-m"]["data"]["params"]["params.yaml"]["data"]["scales"]["m"]["lr"] == 0.0025
+        assert base["data"]["params"]["params.yaml"]["data"]["scales"]["m"]["lr"] == 0.002
+        assert loss(runs["lr-m"]) > 0 and loss(runs["lr-m"]) != loss(base)  # another run, its own metrics
     finally:
         params.write_text(original)
 

@@ -108,19 +108,6 @@ def test_task_kind():
     assert scaling.task_kind(("ICD10/I10", "YJ/2171022")) == "other"
 
 
-def test_index_links_tables_figures_and_notebooks(tmp_path):
-    (tmp_path / "tables").mkdir()
-    (tmp_path / "figures").mkdir()
-    (tmp_path / "tables" / "table1_models.md").write_text("x")
-    (tmp_path / "figures" / "figure1_pipeline.png").write_bytes(b"")
-    path = scaling.write_index(tmp_path, ["a <finding>"], scaling.notebook_reports(["xs"]))
-    text = path.read_text()
-    for link in ("tables/table1_models.md", "tables/table1_models.csv", "figures/figure1_pipeline.png",
-                 "figures/figure1_pipeline.svg", "04_finetune-xs.html", "06_scaling.html"):  # fmt: skip
-        assert f"'{link}'" in text
-    assert "a &lt;finding&gt;" in text
-
-
 def test_table1_puts_the_frequency_baseline_beside_each_loss_and_the_distance_below_it():
     metrics = {"parameters": 100, "parameters_non_embedding": 10, "layers": 1, "width": 8, "heads": 1, "ffn": 32,
                "tokens_seen": 1000, "training_flops": 1e9, "wall_time_s": 36.0,

@@ -17,7 +17,7 @@ import queue
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import meds
@@ -29,7 +29,8 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 import claimsutil
-from claimsutil.config import SynthParams
+from claimsutil import splits as study_splits
+from claimsutil.config import CohortParams, SynthParams
 from claimsutil.meds import CERTAINTY_COLUMN, CODES_FILE, DATA_DIR, DATASET_FILE, SPLITS_FILE, SUSPECTED
 from claimsutil.synth import catalog
 from claimsutil.synth import tail as tail_catalog
@@ -38,7 +39,6 @@ from claimsutil.synth.world import END_REASONS, World
 
 __all__ = ["GenerationStats", "generate", "events_schema"]
 
-SPLIT_NAMES = (meds.train_split, meds.tuning_split, meds.held_out_split)
 _US_PER_DAY = 86_400_000_000
 
 
@@ -145,7 +145,7 @@ def _init_worker(q) -> None:
 
 
 def _write_shard(params: SynthParams, shard: int, blocks, out_dir: str, truth_dir: str, progress=None):
-    """Simulate and write one shard; returns (events, subject ids, split indices)."""
+    """Simulate and write one shard; returns (events, subject ids)."""
     # The matrices are small: BLAS threads only fight the other workers for the cores (2x slower).
     with threadpool_limits(1):
         return _simulate_shard(params, shard, blocks, out_dir, truth_dir, progress)
@@ -156,7 +156,7 @@ def _simulate_shard(params: SynthParams, shard: int, blocks, out_dir: str, truth
     conds, acutes = ConditionArrays(world), AcuteArrays(world)
     name = f"shard-{shard:05d}.parquet"
     report = progress or (_progress_queue.put if _progress_queue is not None else None)
-    n_events, ids, splits = 0, [], []
+    n_events, ids = 0, []
     writers: dict[str, pq.ParquetWriter] = {}
     paths = {
         "events": Path(out_dir) / DATA_DIR / name,
@@ -179,17 +179,18 @@ def _simulate_shard(params: SynthParams, shard: int, blocks, out_dir: str, truth
                 writers[key].write_table(table)
             n_events += len(out.events["pid"])
             ids.append(out.subject_id)
-            splits.append(out.split)
             if report:
                 report((n, len(out.events["pid"])))
     finally:
         for w in writers.values():
             w.close()
-    return n_events, np.concatenate(ids), np.concatenate(splits)
+    return n_events, np.concatenate(ids)
 
 
-def generate(params: SynthParams, out_dir: str | Path, truth_dir: str | Path, progress: bool = True) -> GenerationStats:
-    """Write the MEDS dataset to OUT_DIR and the ground truth to TRUTH_DIR (both replaced)."""
+def generate(params: SynthParams, out_dir: str | Path, truth_dir: str | Path, progress: bool = True,
+             cohort: CohortParams | None = None) -> GenerationStats:  # fmt: skip
+    """Write the MEDS dataset to OUT_DIR and the ground truth to TRUTH_DIR (both replaced). Its split file is
+    the study's splits under COHORT (params.yaml `cohort`; its defaults when None): `claimsutil.splits`."""
     out_dir, truth_dir = Path(out_dir), Path(truth_dir)
     world = World(params)  # validates the parameters before anything is deleted
     for d in (out_dir, truth_dir):
@@ -215,7 +216,7 @@ def generate(params: SynthParams, out_dir: str | Path, truth_dir: str | Path, pr
     bar.close()
     seconds = time.perf_counter() - t0
     n_events = sum(r[0] for r in results)
-    _write_metadata(world, out_dir, np.concatenate([r[1] for r in results]), np.concatenate([r[2] for r in results]))
+    _write_metadata(world, out_dir, cohort or CohortParams())
     _write_truth_metadata(world, truth_dir)
     return GenerationStats(params.patients, n_events, len(shards), seconds)
 
@@ -274,13 +275,12 @@ _STATIC_DESCRIPTIONS = {
 }
 
 
-def _write_metadata(world: World, out_dir: Path, subject_ids: np.ndarray, splits: np.ndarray) -> None:
+def _write_metadata(world: World, out_dir: Path, cohort: CohortParams) -> None:
     pq.write_table(_code_metadata(world), out_dir / CODES_FILE)
-    split_names = pa.DictionaryArray.from_arrays(pa.array(splits, pa.int8()), pa.array(SPLIT_NAMES))
-    pq.write_table(
-        pa.table({"subject_id": pa.array(subject_ids, pa.int64()), "split": split_names.cast(pa.string())}),
-        out_dir / SPLITS_FILE,
-    )
+    # The study's own splits, in MEDS names: every MEDS tool that reads this file splits as the study does.
+    splits, _, _ = study_splits.build_splits(out_dir, replace(cohort, split_source="study"))
+    table = meds.SubjectSplitSchema.align(study_splits.meds_subject_splits(splits).to_arrow())
+    pq.write_table(table, out_dir / SPLITS_FILE)
     dataset = {
         "dataset_name": "claimsutil synthetic Japanese claims",
         "dataset_version": f"seed {world.params.seed}, {world.params.patients} patients",

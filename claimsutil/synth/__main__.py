@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
     else:
-        stats = generate(params, out, truth, progress=not args.no_progress)
+        stats = generate(params, out, truth, progress=not args.no_progress, cohort=study.cohort if study else None)
         summary = {
             "source": "synthetic",
             "patients": stats.patients,

@@ -135,7 +135,6 @@ class BlockOutput:
     subjects: dict[str, np.ndarray]  # one row per patient
     hazards: dict[str, np.ndarray]  # one row per covered patient-month
     tail_history: dict[str, np.ndarray]  # one row per confirmed tail category entering a patient's history
-    split: np.ndarray  # 0 train, 1 tuning, 2 held_out
 
 
 @dataclass
@@ -424,14 +423,12 @@ class BlockSimulator:
             self._month(t)
         covered = np.nonzero((self.status == 1) & self.alive)[0]
         self.ev.add(covered, self.w.month_days[self.T], self.w.code("COVERAGE/END"), reason=DATA_CUTOFF)
-        split = self.rng.choice(3, size=self.n, p=[0.8, 0.1, 0.1]).astype(np.int8)
         return BlockOutput(
             subject_id=first_subject_id + np.arange(self.n, dtype=np.int64),
             events=self.ev.collect(),
             subjects=self._subject_truth(first_subject_id),
             hazards=self._hazard_truth(first_subject_id),
             tail_history=self._tail_history_truth(first_subject_id),
-            split=split,
         )
 
     def _static_events(self) -> None:
