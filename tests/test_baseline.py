@@ -48,8 +48,10 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Data:
     return Data(vocab, *(Split(X[m], y[m]) for m in masks.values()))
 
 
+# One OpenMP thread in these fits: the suite runs beside the tiny study, and LightGBM's two spinning threads on a
+# shared core made one fit ten times slower (183 s against 20). The tests compare models, not digits.
 def test_baseline_beats_the_positive_rate(data: Data) -> None:
-    config = BaselineConfig(min_child_samples=(5, 20))
+    config = BaselineConfig(min_child_samples=(5, 20), num_threads=1)
     fitted = fit_baseline(data.train.X, data.train.y, data.val.X, data.val.y, config)
     assert [p.params for p in fitted.grid] == grid(config) and len(fitted.grid) == 4
     assert fitted.val_auprc == max(p.val_auprc for p in fitted.grid)
@@ -67,7 +69,7 @@ def test_baseline_beats_the_positive_rate(data: Data) -> None:
 
 
 def test_same_inputs_same_predictions(data: Data) -> None:
-    config = BaselineConfig(num_leaves=(15,), min_child_samples=(10,), seed=3)
+    config = BaselineConfig(num_leaves=(15,), min_child_samples=(10,), seed=3, num_threads=1)
     first, second = (fit_baseline(data.train.X, data.train.y, data.val.X, data.val.y, config) for _ in range(2))
     assert first.best_iteration == second.best_iteration and first.val_auprc == second.val_auprc
     assert np.array_equal(predict(first, data.test.X), predict(second, data.test.X))
