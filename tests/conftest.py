@@ -72,6 +72,12 @@ def _start_tiny_study() -> dict:
     return {"copy": copy, "env": env, "process": process, "stdout": out, "stderr": err}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The pipeline tests last: every other test runs while the tiny study runs in the background (those after
+    tests/test_pipeline.py in name order used to wait for it)."""
+    items.sort(key=lambda item: item.get_closest_marker("pipeline") is not None)  # stable: name order otherwise
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     if session.config.option.collectonly or not any(i.get_closest_marker("pipeline") for i in session.items):
         return
