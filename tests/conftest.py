@@ -138,6 +138,20 @@ def small_world(root: Path, patients: int, seed: int, max_len: int | None = None
 
 
 @pytest.fixture
+def chromium() -> None:
+    """Headless Chromium for the browser checks (claimsutil.browser): skipped, saying what to install, where it
+    is missing; under .ci/run, which installs it, a missing browser fails instead."""
+    from claimsutil import browser
+
+    try:
+        browser.find_browser()
+    except browser.BrowserMissing as e:
+        if os.environ.get("CLAIMSUTIL_REQUIRE_BROWSER"):
+            pytest.fail(str(e))
+        pytest.skip(f"the browser check needs Chromium: {e}")
+
+
+@pytest.fixture
 def one_thread():
     """One torch thread: the machine has 2 cores shared with other work, and oversubscription is 10x slower."""
     import torch

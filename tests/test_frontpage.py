@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 
 import matplotlib
@@ -92,17 +91,7 @@ def test_front_page_stage_entry_point(reports, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def _browser_or_skip():
-    try:
-        browser.find_browser()
-    except browser.BrowserMissing as e:
-        if os.environ.get("CLAIMSUTIL_REQUIRE_BROWSER"):  # set by .ci/run, which installs Chromium
-            pytest.fail(str(e))
-        pytest.skip(f"the browser check needs Chromium: {e}")
-
-
-def test_the_browser_check_sees_what_a_reader_sees(reports, tmp_path):
-    _browser_or_skip()
+def test_the_browser_check_sees_what_a_reader_sees(reports, tmp_path, chromium):
     root, metrics = reports
     frontpage.write_front_page(root, load_params(ROOT / "params.yaml"), metrics)
     check = browser.check_page(root / "index.html", tmp_path / "shot.png")

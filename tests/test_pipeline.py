@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -167,18 +166,12 @@ def test_finetuning_and_the_study_tables(tiny_study):
     assert set(scaling["saturation"]) == set(tasks)
 
 
-def test_the_front_page_in_a_browser(tiny_study):
+def test_the_front_page_in_a_browser(tiny_study, chromium):
     """reports/index.html opened in headless Chromium: every figure loaded, every link resolves, the headline
     tables are HTML tables, it prints; the screenshot is kept beside the page."""
     from claimsutil import browser
 
     copy, _, _ = tiny_study
-    try:
-        browser.find_browser()
-    except browser.BrowserMissing as e:
-        if os.environ.get("CLAIMSUTIL_REQUIRE_BROWSER"):  # set by .ci/run, which installs Chromium
-            pytest.fail(str(e))
-        pytest.skip(f"the browser check needs Chromium: {e}")
     check = browser.check_page(copy / "reports" / "index.html", copy / "reports" / "frontpage.png")
     pngs = [p for p in (copy / "reports").rglob("*.png") if "notebooks" not in p.parts and p.name != "frontpage.png"]
     assert len(check.images) == len(pngs) >= 20 and not check.broken_images  # every figure, inline
