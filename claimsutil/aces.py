@@ -42,11 +42,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import yaml
 
-from claimsutil.cohort import ACES_EXCLUSION, CohortError, TaskCohort
+from claimsutil.cohort import ACES_EXCLUSION, CohortError, TaskCohort, draw_index
 from claimsutil.cohort import build_tasks as build_builtin_tasks
 from claimsutil.config import TaskSpec, root_path
 from claimsutil.meds import (
@@ -59,7 +58,6 @@ from claimsutil.meds import (
     coverage_periods,
     open_events,
 )
-from claimsutil.splits import task_key, uniform_hash
 
 ACES_ENV = ".venv-aces"  # at the project root; `make aces` builds it
 VIEW_COLUMNS = {"subject_id": pl.Int64, "time": pl.Datetime("us"), "code": pl.String, "numeric_value": pl.Float32,
@@ -223,14 +221,8 @@ def draw_one(candidates: pl.DataFrame, valid: pl.DataFrame, subjects: pl.DataFra
     the built-in tasks draw theirs; the patient is included, with ACES's label, when that index is among the
     config's VALID rows. Every subject of SUBJECTS gets a status (module docstring)."""
     horizon = dt.timedelta(days=spec.horizon_days)
-    ranked = (
-        candidates.filter(pl.col("prediction_time") + horizon <= end_of_data)
-        .select("subject_id", "prediction_time")
-        .sort("subject_id", "prediction_time")
-        .with_columns(rank=pl.int_range(pl.len()).over("subject_id"), n=pl.len().over("subject_id"))
-    )
-    pick = np.floor(uniform_hash(ranked["subject_id"].to_numpy(), seed, task_key(spec.name)) * ranked["n"].to_numpy())
-    chosen = ranked.filter(pl.Series(pick == ranked["rank"].to_numpy())).select("subject_id", "prediction_time")
+    eligible = candidates.filter(pl.col("prediction_time") + horizon <= end_of_data)
+    chosen = draw_index(eligible.select("subject_id", "prediction_time"), "prediction_time", seed, spec.name)
     labels = chosen.join(valid, on=["subject_id", "prediction_time"], how="inner").sort("subject_id")
     status = (
         subjects.join(chosen.with_columns(status=pl.lit(ACES_EXCLUSION)), on="subject_id", how="left")

@@ -146,6 +146,17 @@ def _located_receipts(lf: pl.LazyFrame, end_of_data: dt.datetime) -> pl.DataFram
     )
 
 
+def draw_index(candidates: pl.DataFrame, order: str, seed: int, task: str) -> pl.DataFrame:
+    """One row per subject of CANDIDATES: ranked by ORDER within the subject, rank floor(u * n) is kept, u =
+    `uniform_hash(subject_id, seed, task_key(task))` and n the subject's number of candidates. The one index draw
+    of every task, built-in or ACES-defined (`claimsutil.aces`)."""
+    ranked = candidates.sort("subject_id", order).with_columns(
+        rank=pl.int_range(pl.len()).over("subject_id"), n=pl.len().over("subject_id")
+    )
+    pick = np.floor(uniform_hash(ranked["subject_id"].to_numpy(), seed, task_key(task)) * ranked["n"].to_numpy())
+    return ranked.filter(pl.Series(pick == ranked["rank"].to_numpy())).drop("rank", "n")
+
+
 def _shard_cohort(
     lf: pl.LazyFrame, located: pl.DataFrame, subjects: pl.DataFrame, spec: TaskSpec, seed: int, end_of_data
 ) -> TaskCohort:
@@ -164,16 +175,12 @@ def _shard_cohort(
         outside = outside.clear()
     # The index is drawn among receipts that qualify on the past alone: drawing only among receipts before the
     # outcome would let the future choose the index.
-    candidates = (
-        observed.select("subject_id", "time", "start", "end", "prediction_time")
-        .join(_first_outcomes(lf, spec).collect(), on="subject_id", how="left")
-        .sort("subject_id", "time")
-        .with_columns(rank=pl.int_range(pl.len()).over("subject_id"), n=pl.len().over("subject_id"))
+    candidates = observed.select("subject_id", "time", "start", "end", "prediction_time").join(
+        _first_outcomes(lf, spec).collect(), on="subject_id", how="left"
     )
-    pick = np.floor(uniform_hash(candidates["subject_id"].to_numpy(), seed, task_key(spec.name)) * candidates["n"])
     washout = pl.min_horizontal("first_outcome", "first_any") if spec.washout_suspected else pl.col("first_outcome")
     horizon_end = pl.col("prediction_time") + horizon
-    chosen = candidates.filter(pl.Series(pick.to_numpy() == candidates["rank"].to_numpy())).with_columns(
+    chosen = draw_index(candidates, "time", seed, spec.name).with_columns(
         prior=(washout < pl.col("prediction_time")).fill_null(False),
         positive=(pl.col("first_outcome") < horizon_end).fill_null(False),
         censored=pl.col("end") < horizon_end,

@@ -186,9 +186,10 @@ def _expand(root: Path, patterns: list[str], claimed: set[str]) -> list[str]:
     return out
 
 
-def table_html(root: Path, rel: str, title: str, folded: bool) -> str:
+def table_html(root: Path, rel: str, title: str, fold_over: int = -1) -> str:
     """A CSV table as an HTML table (cells formatted as in its Markdown file, numbers right-aligned), with links
-    to its CSV and Markdown files; FOLDED puts it in a closed <details> whose summary says how many rows it has."""
+    to its CSV and Markdown files; with more than FOLD_OVER rows (default: always) it goes in a closed <details>
+    whose summary says how many rows it has."""
     path = root / rel
     try:
         df = pl.read_csv(path, infer_schema_length=None)
@@ -206,7 +207,7 @@ def table_html(root: Path, rel: str, title: str, folded: bool) -> str:
                                                 else "")  # fmt: skip
     table = f"<div class='table'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     caption = f"<h4>{html.escape(title)} <span class='links'>({links})</span></h4>"
-    if folded:
+    if df.height > fold_over:
         return (f"<details><summary>{html.escape(title)}: {df.height:,} rows, {df.width} columns "
                 f"<span class='links'>({links})</span></summary>{table}</details>")  # fmt: skip
     return caption + table
@@ -322,18 +323,17 @@ def write_front_page(reports_dir: str | Path, params: StudyParams, metrics_dir: 
         if tables:
             parts.append("<h3>Tables</h3>")
             for rel in tables:
-                rows = sum(1 for _ in (root / rel).open(encoding="utf-8")) - 1
-                parts.append(table_html(root, rel, _title(rel), rows > FOLD_ROWS))
+                parts.append(table_html(root, rel, _title(rel), FOLD_ROWS))
         if figures:
             parts.append("<h3>Figures</h3>")
             parts += [figure_html(root, rel) for rel in figures]
         if more[section.anchor]:
             parts.append("<h3>More tables</h3><p class='intro'>Each stage's supporting tables (click to open).</p>")
-            parts += [table_html(root, rel, _title(rel), True) for rel in more[section.anchor]]
+            parts += [table_html(root, rel, _title(rel)) for rel in more[section.anchor]]
         parts.append("</section>")
     if other_tables or other_figures:
         parts.append("<section id='other'><h2>Other tables and figures</h2>")
-        parts += [table_html(root, rel, _title(rel), True) for rel in other_tables]
+        parts += [table_html(root, rel, _title(rel)) for rel in other_tables]
         parts += [figure_html(root, rel) for rel in other_figures]
         parts.append("</section>")
     parts.append("<section id='notebooks'><h2>Notebooks</h2><p class='intro'>Every executed notebook, in "
